@@ -1,0 +1,130 @@
+"""Multi-head scaled dot-product attention.
+
+Paper: Attention Is All You Need (Vaswani et al., 2017), §3.2, eq. 1:
+    Attention(Q, K, V) = softmax(Q K^T / sqrt(d_k)) V,   MultiHead = Concat(head_1..h) W^O.
+Complexity: time O(n^2 d), memory O(n^2) eager / O(n) with the fused kernel; decode O(n d) per
+token with a KV cache of 2·n·h_kv·e numbers.
+
+``kv_heads`` < ``heads`` gives grouped-query attention (kv_heads = 1: multi-query); the MQA/GQA
+registry entries are thin subclasses. ``impl`` picks the kernel: "sdpa" (fused, default) or
+"eager" (the readable reference in ``tevo.nn.attention``).
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from ...errors import ConfigError
+from ...nn.attention import ATTENTION_FUNCTIONS
+from ...nn.context import MixerContext
+from ...nn.masks import attention_mask
+from ...registry import MIXERS
+from ..base import Mixer, Supports
+
+
+class MultiHeadAttentionBase(Mixer):
+    """Projections, position hooks, masks and KV cache shared by softmax-score attentions.
+
+    Subclasses that change only how scores become outputs override ``attend``.
+    """
+
+    supports = Supports(causal=True, bidirectional=True, cross=True, cache=True,
+                        positions=frozenset({"input", "qk", "bias"}))
+
+    def __init__(self, d_model: int, heads: int = 4, kv_heads: int | None = None,
+                 head_dim: int | None = None, bias: bool = True, dropout: float = 0.0,
+                 impl: str = "sdpa", cross: bool = False, scale: float | None = None,
+                 out_bias: bool | None = None):
+        super().__init__()
+        kv_heads = heads if kv_heads is None else kv_heads
+        if head_dim is None:
+            if d_model % heads:
+                raise ConfigError("mixer.heads", heads,
+                                  why=f"d_model={d_model} is not divisible by heads={heads}")
+            head_dim = d_model // heads
+        if heads % kv_heads:
+            raise ConfigError("mixer.kv_heads", kv_heads,
+                              why=f"heads={heads} is not divisible by kv_heads={kv_heads}")
+        if impl not in ATTENTION_FUNCTIONS:
+            raise ConfigError("mixer.impl", impl, ATTENTION_FUNCTIONS)
+        self.d_model, self.heads, self.kv_heads, self.head_dim = d_model, heads, kv_heads, head_dim
+        self.impl, self.dropout, self.cross, self.scale = impl, dropout, cross, scale
+        self.q_proj = nn.Linear(d_model, heads * head_dim, bias=bias)
+        self.k_proj = nn.Linear(d_model, kv_heads * head_dim, bias=bias)
+        self.v_proj = nn.Linear(d_model, kv_heads * head_dim, bias=bias)
+        self.o_proj = nn.Linear(heads * head_dim, d_model, bias=bias if out_bias is None else out_bias)
+
+    # -- shapes ---------------------------------------------------------------------------
+    def _split(self, t: Tensor, h: int) -> Tensor:
+        B, n, _ = t.shape
+        return t.view(B, n, h, self.head_dim).transpose(1, 2)   # (B, h, n, e)
+
+    def _merge(self, t: Tensor) -> Tensor:
+        B, h, n, e = t.shape
+        return t.transpose(1, 2).reshape(B, n, h * e)           # (B, n, h·e)
+
+    def init_state(self, batch: int, device=None, dtype=None):
+        return {}
+
+    # -- forward --------------------------------------------------------------------------
+    def forward(self, x: Tensor, ctx: MixerContext, state=None):
+        B, n, _ = x.shape
+        q = self._split(self.q_proj(x), self.heads)
+        q_pos = ctx.query_positions(x)
+        if self.cross:
+            return self._cross(x, q, ctx, state)
+        k = self._split(self.k_proj(x), self.kv_heads)
+        v = self._split(self.v_proj(x), self.kv_heads)
+        k_pos = q_pos
+        pos = ctx.pos
+        if pos is not None and "qk" in pos.hooks:
+            q, k = pos.rotate(q, k, q_pos, k_pos)
+        if state is not None and "k" in state:                   # append to the KV cache
+            k = torch.cat([state["k"], k], 2)
+            v = torch.cat([state["v"], v], 2)
+            k_pos = torch.cat([state["pos"], k_pos], 1)
+        new_state = None if state is None else {"k": k, "v": v, "pos": k_pos}
+        n_k = k.shape[2]
+        kpm = ctx.key_padding_mask
+        if kpm is not None and kpm.shape[1] != n_k:
+            raise ValueError(f"key_padding_mask covers {kpm.shape[1]} keys, attention has {n_k}")
+        mask = attention_mask(n, n_k, ctx.causal, kpm, x.device)
+        bias = None
+        if pos is not None and "bias" in pos.hooks:
+            bias = pos.bias(q, k, q_pos, k_pos)
+        y = self.attend(q, k, v, mask, bias, ctx)
+        return self.o_proj(self._merge(y)), new_state
+
+    def _cross(self, x, q, ctx: MixerContext, state):
+        if state is not None and "k" in state:
+            k, v = state["k"], state["v"]
+        else:
+            if ctx.context is None:
+                raise ValueError("cross-attention needs ctx.context (the encoder output)")
+            k = self._split(self.k_proj(ctx.context), self.kv_heads)
+            v = self._split(self.v_proj(ctx.context), self.kv_heads)
+        new_state = None if state is None else {"k": k, "v": v}
+        mask = attention_mask(q.shape[2], k.shape[2], False, ctx.context_mask, x.device)
+        y = self.attend(q, k, v, mask, None, ctx)
+        return self.o_proj(self._merge(y)), new_state
+
+    def repeat_kv(self, t: Tensor) -> Tensor:
+        """(B, h_kv, n, e) → (B, h, n, e): each K/V head serves heads/kv_heads query heads."""
+        r = self.heads // self.kv_heads
+        return t if r == 1 else t.repeat_interleave(r, dim=1)
+
+    def attend(self, q, k, v, mask, bias, ctx: MixerContext) -> Tensor:
+        k, v = self.repeat_kv(k), self.repeat_kv(v)
+        fn = ATTENTION_FUNCTIONS[self.impl]
+        p = self.dropout if self.training else 0.0
+        return fn(q, k, v, mask=mask, bias=bias, scale=self.scale, dropout=p)
+
+
+@MIXERS.register(
+    "softmax", paper="Attention Is All You Need (Vaswani et al., 2017)",
+    equation="§3.2.2 eq. 1: MultiHead(Q,K,V) = Concat(softmax(QW_i^Q (KW_i^K)^T/√d_k) VW_i^V) W^O",
+    complexity=("O(n² d)", "O(n²) eager, O(n) fused"),
+    test="tests/papers/test_softmax.py::test_softmax_equals_torch_multihead_attention",
+    tiny={"heads": 2})
+class SoftmaxAttention(MultiHeadAttentionBase):
+    """Scaled dot-product multi-head attention (self or cross), KV cache, fused or eager."""

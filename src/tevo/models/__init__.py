@@ -1,0 +1,1 @@
+"""Models: one Block, one stack, and the architectures built from them."""

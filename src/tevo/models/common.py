@@ -1,0 +1,92 @@
+"""Pieces shared by the architectures: outputs, embeddings with range checks, init, state."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+from ..config import ModelConfig
+from ..errors import InputError
+from ..nn.context import positions_from_mask
+from ..registry import INITS, NORMS, POSITIONS, split_spec
+
+
+@dataclass
+class ModelOutput:
+    logits: Tensor
+    state: dict | None = None
+    aux_loss: Tensor | float = 0.0
+    hidden: Tensor | None = None
+    extra: dict = field(default_factory=dict)
+
+
+def check_ids(ids: Tensor, vocab_size: int, name: str = "input_ids") -> None:
+    if ids.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8):
+        raise InputError(f"{name} must be integer token ids, got {ids.dtype}")
+    if ids.numel():
+        lo, hi = int(ids.min()), int(ids.max())
+        if lo < 0 or hi >= vocab_size:
+            raise InputError(f"{name} has token id {hi if hi >= vocab_size else lo} outside "
+                             f"the vocabulary [0, {vocab_size})")
+
+
+def mixer_dims(cfg: ModelConfig) -> dict:
+    """Dimensions a position encoding may need from the model's mixer."""
+    _, kw = split_spec(cfg.mixer, "model.mixer")
+    heads = int(kw.get("heads", 4))
+    head_dim = int(kw.get("head_dim") or cfg.d_model // max(heads, 1))
+    return {"d_model": cfg.d_model, "max_len": cfg.max_len, "heads": heads, "head_dim": head_dim}
+
+
+def build_position(cfg: ModelConfig):
+    return POSITIONS.build(cfg.position, "model.position", **mixer_dims(cfg))
+
+
+def build_norm(cfg: ModelConfig, spec=None):
+    return NORMS.build(spec if spec is not None else cfg.norm, "model.norm", d_model=cfg.d_model)
+
+
+def init_weights(model: nn.Module, cfg: ModelConfig, n_residual_layers: int) -> None:
+    """GPT-2 init: N(0, 0.02) for linear and embedding weights, zero biases, and the output
+    projections of residual branches scaled by 1/√(2L) (GPT-2 paper, §2.3). Components with an
+    init of their own define ``init_weights()``, called afterwards; then ``cfg.init``."""
+    std = cfg.init_std
+    for name, m in model.named_modules():
+        if isinstance(m, nn.Linear):
+            s = std
+            if name.endswith(("o_proj", "fc2", "out_proj")):
+                s = std / math.sqrt(2 * max(n_residual_layers, 1))
+            nn.init.normal_(m.weight, 0.0, s)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Embedding):
+            nn.init.normal_(m.weight, 0.0, std)
+    for m in model.modules():
+        if m is not model and hasattr(m, "init_weights"):
+            m.init_weights()
+    if cfg.init is not None:
+        name, kw = split_spec(cfg.init, "model.init")
+        INITS.get(name, "model.init").obj(model, cfg, **kw)
+
+
+def extend_mask(state: dict | None, mask: Tensor | None, B: int, n: int, device) -> Tensor | None:
+    """The key padding mask over past + new tokens (None when nothing is padded)."""
+    past = None if state is None else state.get("mask")
+    past_len = 0 if state is None else state.get("length", 0)
+    if mask is None and past is None:
+        return None
+    if mask is None:
+        mask = torch.ones(B, n, dtype=torch.bool, device=device)
+    mask = mask.bool()
+    if past is None and past_len:
+        past = torch.ones(B, past_len, dtype=torch.bool, device=device)
+    return mask if past is None else torch.cat([past, mask], 1)
+
+
+def token_positions(state: dict | None, full_mask: Tensor | None, B: int, n: int, device) -> Tensor:
+    past_len = 0 if state is None else state.get("length", 0)
+    if full_mask is not None:
+        return positions_from_mask(full_mask, n)
+    return (torch.arange(n, device=device) + past_len).unsqueeze(0).expand(B, n)

@@ -1,0 +1,1 @@
+"""Shared primitives: the mixer context, masks, attention kernels, scans."""

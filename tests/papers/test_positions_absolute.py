@@ -1,0 +1,43 @@
+import math
+
+import pytest
+import torch
+
+import tevo
+from tevo.errors import InputError
+from tiny import make_position
+
+
+def test_sinusoidal_matches_formula():
+    d = 16
+    pe = make_position("sinusoidal", d=d)
+    pos = torch.arange(50).unsqueeze(0)
+    out = pe.embed(torch.zeros(1, 50, d), pos)[0]
+    for p in (0, 1, 7, 49):
+        for i in range(d // 2):
+            assert math.isclose(out[p, 2 * i].item(), math.sin(p / 10000 ** (2 * i / d)), abs_tol=1e-5)
+            assert math.isclose(out[p, 2 * i + 1].item(), math.cos(p / 10000 ** (2 * i / d)), abs_tol=1e-5)
+
+
+def test_learned_rejects_positions_past_table():
+    model = tevo.build_model({"arch": "gpt", "vocab_size": 20, "d_model": 16, "n_layers": 1,
+                              "max_len": 8, "mixer": {"name": "softmax", "heads": 2},
+                              "position": {"name": "learned", "max_len": 8}})
+    model(torch.randint(0, 20, (1, 8)))
+    with pytest.raises(InputError, match="max_len=8"):
+        model(torch.randint(0, 20, (1, 9)))
+
+
+def test_nope_bidirectional_is_permutation_equivariant():
+    """Without positions, a bidirectional softmax layer is permutation-equivariant (so NoPE
+    carries no order there), and config validation refuses NoPE in a bidirectional model."""
+    from tevo.errors import ConfigError
+    from tiny import make_mixer, ctx_for
+    m = make_mixer("softmax", False)
+    x = torch.randn(1, 10, 16)
+    perm = torch.randperm(10)
+    y, _ = m(x, ctx_for(x, False))
+    yp, _ = m(x[:, perm], ctx_for(x, False))
+    torch.testing.assert_close(yp, y[:, perm], atol=1e-5, rtol=1e-4)
+    with pytest.raises(ConfigError, match="bidirectional"):
+        tevo.build_model({"arch": "bert", "position": "none", "d_model": 16, "n_layers": 1})

@@ -1,0 +1,65 @@
+"""Tiny builders shared by the tests: every component at d=16, n≤24, built from its registry
+entry's ``tiny`` options, so a newly registered name is tested with no test edit."""
+from __future__ import annotations
+
+import torch
+
+from tevo.nn.context import MixerContext, positions_from_mask
+from tevo.registry import FFNS, MIXERS, NORMS, POSITIONS, RESIDUALS
+
+D, N, B = 16, 12, 2
+
+
+def make_mixer(name: str, causal: bool, d: int = D, cross: bool = False, **over):
+    e = MIXERS.get(name)
+    spec = {"name": name, **e.tiny, **over}
+    if cross:
+        spec["cross"] = True
+    m = MIXERS.build(spec, d_model=d, max_len=64, causal=causal, layer=0, n_layers=2,
+                     dropout=0.0)
+    return m.eval()
+
+
+def ctx_for(x, causal: bool, mask=None, context=None, context_mask=None, pos=None):
+    positions = positions_from_mask(mask, x.shape[1], device=x.device)
+    if mask is None:
+        positions = positions.expand(x.shape[0], -1)
+    return MixerContext(causal=causal, key_padding_mask=mask, positions=positions,
+                        context=context, context_mask=context_mask, pos=pos)
+
+
+def modes(name: str) -> list[bool]:
+    s = MIXERS.get(name).supports
+    return [c for c, ok in ((True, s.causal), (False, s.bidirectional)) if ok]
+
+
+def mixer_params() -> list:
+    import pytest
+    out = []
+    for name in MIXERS.names():
+        for c in modes(name):
+            out.append(pytest.param(name, c, id=f"{name}-{'causal' if c else 'bidir'}"))
+    return out
+
+
+def make_ffn(name: str, d: int = D):
+    e = FFNS.get(name)
+    return FFNS.build({"name": name, **e.tiny}, d_model=d, dropout=0.0, layer=0, n_layers=2,
+                      max_len=64).eval()
+
+
+def make_norm(name: str, d: int = D):
+    e = NORMS.get(name)
+    return NORMS.build({"name": name, **e.tiny}, d_model=d).eval()
+
+
+def make_residual(name: str, d: int = D, norm="layernorm"):
+    e = RESIDUALS.get(name)
+    return RESIDUALS.build({"name": name, **e.tiny}, d_model=d, norm=norm, dropout=0.0,
+                           layer=0, n_layers=2).eval()
+
+
+def make_position(name: str, d: int = D, heads: int = 2):
+    e = POSITIONS.get(name)
+    return POSITIONS.build({"name": name, **e.tiny}, d_model=d, max_len=64, heads=heads,
+                           head_dim=d // heads)
