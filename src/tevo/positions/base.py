@@ -2,7 +2,9 @@
 
 - ``input``: ``embed(x, positions)`` combines the token embeddings x (B, n, d) with positions;
 - ``qk``:    ``rotate(q, k, q_pos, k_pos)`` transforms q (B, h, n_q, e) and k (B, h', n_k, e);
-- ``bias``:  ``bias(q, k, q_pos, k_pos)`` returns an additive score term (B|1, h, n_q, n_k).
+- ``bias``:  ``bias(q, k, q_pos, k_pos)`` returns an additive score term (B|1, h, n_q, n_k);
+- ``feature``: ``features(fq, fk, q_pos, k_pos)`` transforms the feature-mapped φ(q), φ(k) of
+  kernel (linear) attention, for encodings that keep the O(n) form (PermuteFormer, SPE).
 
 One instance is shared by the model and reached by mixers through ``ctx.pos``. Positions are
 absolute token positions (B, n), so a decode step at position t is encoded as t.
@@ -25,3 +27,6 @@ class PositionEncoding(nn.Module):
 
     def bias(self, q: Tensor, k: Tensor, q_pos: Tensor, k_pos: Tensor) -> Tensor | None:
         return None
+
+    def features(self, fq: Tensor, fk: Tensor, q_pos: Tensor, k_pos: Tensor):
+        return fq, fk
