@@ -89,6 +89,11 @@ class TrainConfig:
     device: str = "auto"
     sample_tokens: int = 200
     tensorboard: bool = False
+    max_minutes: float | None = None       # wall-clock budget; the schedule then decays by time too
+    final_eval_batches: int | None = None  # final evaluation: None = the whole validation split
+    no_decay: list = field(default_factory=lambda: ["bias", "norm", "embedding"])
+    progress: bool = True                  # rich progress bar on a terminal (plain lines otherwise)
+    plot: bool = True                      # loss-curve PNG at the end when matplotlib is installed
     extra: dict = field(default_factory=dict)
 
 
@@ -199,6 +204,7 @@ def read_source(source) -> dict:
     if not isinstance(data, dict):
         raise ConfigError("config", s, why="the YAML file must hold a mapping")
     base = data.pop("base", None)            # presets may extend another preset
+    data.pop("paper_test", None)             # preset metadata read by `tevo catalog`, not config
     if base:
         data = _merge(read_source(base), data)
     return data

@@ -63,7 +63,8 @@ class Block(nn.Module):
             self.sublayers.append(sub)
             self.residuals.append(RESIDUALS.build(
                 spec["residual"], "model.residual", d_model=d, norm=spec["norm"],
-                dropout=cfg.dropout, layer=layer, n_layers=n_layers))
+                dropout=cfg.dropout, layer=layer, n_layers=n_layers,
+                sublayer=len(self.residuals), n_sublayers=len(self.layout)))
 
     @property
     def final_norm(self) -> bool:

@@ -15,9 +15,9 @@ from torch import Tensor, nn
 
 from ..config import ModelConfig
 from ..nn.context import MixerContext
-from ..registry import MODELS
+from ..registry import MODELS, POSITIONS
 from .block import BlockStack
-from .common import (ModelOutput, build_norm, build_position, check_ids, extend_mask,
+from .common import (ModelOutput, build_norm, build_position, check_ids, extend_mask, mixer_dims,
                      init_weights, token_positions)
 
 
@@ -47,6 +47,11 @@ class EncoderDecoder(nn.Module):
         d = cfg.d_model
         self.embed = nn.Embedding(cfg.vocab_size, d)
         self.pos = build_position(cfg)
+        # the decoder's own position encoding, when it differs from the encoder's (T5: causal
+        # relative buckets with a second table); None = shared. Spec: model.extra.dec_position
+        dec_spec = (cfg.extra or {}).get("dec_position")
+        self.dec_pos = None if dec_spec is None else POSITIONS.build(
+            dec_spec, "model.extra.dec_position", **mixer_dims(cfg))
         self.drop = nn.Dropout(cfg.dropout)
         enc_layout = " ".join(t for t in cfg.layout.split() if t != "c")
         self.encoder = BlockStack(cfg, causal=False, layout=enc_layout)
@@ -62,10 +67,11 @@ class EncoderDecoder(nn.Module):
             self.head.weight = self.embed.weight
         self.scale = math.sqrt(d)
 
-    def _embed(self, ids: Tensor, positions: Tensor) -> Tensor:
+    def _embed(self, ids: Tensor, positions: Tensor, pos=None) -> Tensor:
+        pos = self.pos if pos is None else pos
         x = self.embed(ids) * self.scale
-        if "input" in self.pos.hooks:
-            x = self.pos.embed(x, positions)
+        if "input" in pos.hooks:
+            x = pos.embed(x, positions)
         return self.drop(x)
 
     def encode(self, src_ids: Tensor, src_mask: Tensor | None = None) -> Tensor:
@@ -86,9 +92,10 @@ class EncoderDecoder(nn.Module):
         B, n = tgt_ids.shape
         full = extend_mask(state, tgt_mask, B, n, tgt_ids.device)
         pos = token_positions(state, full, B, n, tgt_ids.device)
-        ctx = MixerContext(causal=True, key_padding_mask=full, positions=pos, pos=self.pos,
+        dpos = self.pos if self.dec_pos is None else self.dec_pos
+        ctx = MixerContext(causal=True, key_padding_mask=full, positions=pos, pos=dpos,
                            context=memory, context_mask=None if src_mask is None else src_mask.bool())
-        h, st = self.decoder(self._embed(tgt_ids, pos), ctx, None if state is None else state["layers"])
+        h, st = self.decoder(self._embed(tgt_ids, pos, dpos), ctx, None if state is None else state["layers"])
         if self.dec_norm is not None:
             h = self.dec_norm(h)
         new_state = None if state is None else {"layers": st, "mask": full,

@@ -41,6 +41,9 @@ class Encoder(nn.Module):
         self.segment = nn.Embedding(cfg.n_segments, d) if cfg.n_segments else None
         self.pos = build_position(cfg)
         self.emb_norm = build_norm(cfg) if cfg.embedding_norm else None
+        # a dense map of the normalised embeddings (FNet's embedding projection, Lee-Thorp et
+        # al., 2021); off unless model.extra.embedding_projection is true
+        self.emb_proj = nn.Linear(d, d) if (cfg.extra or {}).get("embedding_projection") else None
         self.drop = nn.Dropout(cfg.dropout)
         self.blocks = BlockStack(cfg, self.causal)
         use_final = cfg.final_norm if cfg.final_norm is not None else self.blocks.final_norm
@@ -75,6 +78,8 @@ class Encoder(nn.Module):
             x = self.pos.embed(x, positions)
         if self.emb_norm is not None:
             x = self.emb_norm(x)
+        if self.emb_proj is not None:
+            x = self.emb_proj(x)
         x = self.drop(x)
         ctx = MixerContext(causal=self.causal, key_padding_mask=mask, positions=positions,
                            pos=self.pos)

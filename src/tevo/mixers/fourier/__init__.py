@@ -1,0 +1,1 @@
+"""Fourier token mixers."""

@@ -1,0 +1,172 @@
+"""``tevo train | eval | generate``.
+
+    tevo train                                   # the default preset: a small GPT on Shakespeare
+    tevo train gpt2 model.n_layers=2 data.seq_len=128 train.steps=500
+    tevo train --resume runs/default             # continue exactly where it stopped
+    tevo eval runs/default --split test --lengths 128,256,512
+    tevo generate runs/default --prompt "ROMEO:" --max-new-tokens 300 --top-k 40
+
+Under ``torchrun --nproc_per_node N -m tevo train ...`` the same command trains with DDP.
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+DEFAULT_PRESET = "default"
+
+
+def _split_args(items: list[str]) -> tuple[str | None, list[str]]:
+    """[CONFIG] [key=value ...]: the first item without '=' is the config."""
+    config, overrides = None, []
+    for i, it in enumerate(items):
+        if "=" in it:
+            overrides.append(it)
+        elif i == 0:
+            config = it
+        else:
+            from ..errors import ConfigError
+            raise ConfigError("train", it, why=f"expected key=value after the config, got {it!r}")
+    return config, overrides
+
+
+def _train(args) -> int:
+    from ..config import load_config
+    from ..errors import InputError
+    from .trainer import CONFIG, train
+    config, overrides = _split_args(args.args)
+    if args.resume:
+        if config:
+            raise InputError("give a config or --resume RUN_DIR, not both (a resumed run uses "
+                             "its own config.yaml; key=value overrides still apply)")
+        run_dir = Path(args.resume)
+        if not (run_dir / CONFIG).exists():
+            raise InputError(f"cannot resume: {run_dir} has no {CONFIG}")
+        cfg = load_config(run_dir / CONFIG, overrides)
+        summary = train(cfg, run_dir=run_dir, resume=True)
+    else:
+        cfg = load_config(config or DEFAULT_PRESET, overrides)
+        summary = train(cfg)
+    if args.json:
+        print(json.dumps(summary, indent=1))
+    return 0
+
+
+def _lengths(text: str | None) -> list[int]:
+    from ..errors import InputError
+    if not text:
+        return []
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise InputError(f"--lengths expects comma-separated integers, got {text!r}") from None
+
+
+def _fmt(v) -> str:
+    if isinstance(v, float):
+        return f"{v:.4f}" if math.isfinite(v) else str(v)
+    return str(v)
+
+
+def _eval(args) -> int:
+    from .evaluate import evaluate, evaluate_lengths
+    from .run import load_run
+    run = load_run(args.run_dir, args.device)
+    tc = run.cfg.train
+    bs = args.batch_size or max(1, tc.batch_size // tc.grad_accum)
+    lengths = _lengths(args.lengths)
+    out = {"run_dir": str(run.run_dir), "checkpoint": str(run.checkpoint), "step": run.step,
+           "split": args.split}
+    out.update(evaluate(run.model, run.objective, run.data, args.split, bs, args.max_batches,
+                        run.device, tc.precision))
+    if lengths:
+        out["lengths"] = evaluate_lengths(run.model, run.objective, run.data, lengths,
+                                          args.split, bs * run.data.seq_len, args.max_batches,
+                                          run.device, tc.precision)
+    if args.json:
+        print(json.dumps(out, indent=1))
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+    t = Table(title=f"{run.run_dir} @ step {run.step} — {args.split}")
+    t.add_column("metric")
+    t.add_column("value", justify="right")
+    for k, v in out.items():
+        if k not in ("lengths", "run_dir", "checkpoint", "split", "step"):
+            t.add_row(k, _fmt(v))
+    Console().print(t)
+    if lengths:
+        t = Table(title="per length")
+        for c in ("length", "loss", "bits_per_char", "perplexity", "note"):
+            t.add_column(c, justify="right")
+        for r in out["lengths"]:
+            t.add_row(str(r["length"]), _fmt(r.get("loss", "")), _fmt(r.get("bits_per_char", "")),
+                      _fmt(r.get("perplexity", "")), r.get("error", "")[:60])
+        Console().print(t)
+    return 0
+
+
+def _generate(args) -> int:
+    import torch
+
+    from ..errors import InputError
+    from ..inference.generate import generate
+    from .evaluate import autocast
+    from .run import load_run
+    run = load_run(args.run_dir, args.device)
+    if run.tokenizer is None or run.objective.data_format != "lm":
+        raise InputError(f"{run.run_dir} is not a text language-model run (objective "
+                         f"{run.cfg.objective!r}{', synthetic task' if run.cfg.data.task else ''})"
+                         f"; generate needs one trained with clm on a corpus")
+    prompt = args.prompt.encode().decode("unicode_escape") if args.escapes else args.prompt
+    ids = run.tokenizer.encode(prompt)
+    if not ids:
+        raise InputError("the prompt is empty: give --prompt TEXT")
+    x = torch.tensor([ids], device=run.device)
+    gen = torch.Generator().manual_seed(args.seed)
+    with autocast(run.device, run.cfg.train.precision):
+        out = generate(run.model, x, args.max_new_tokens, temperature=args.temperature,
+                       top_k=args.top_k, top_p=args.top_p, greedy=args.greedy,
+                       use_cache=False if args.no_cache else None, generator=gen)
+    print(prompt + run.tokenizer.decode(out[0, len(ids):].tolist()))
+    return 0
+
+
+def add_commands(sub) -> None:
+    p = sub.add_parser("train", help="train a model (no arguments: a small GPT on the embedded "
+                                     "Shakespeare corpus)",
+                       description="tevo train [CONFIG] [key=value ...] [--resume RUN_DIR]. "
+                                   "CONFIG is a preset name or a YAML file (default: "
+                                   f"{DEFAULT_PRESET}); overrides are dotted keys, e.g. "
+                                   "model.n_layers=2 train.steps=100 data.tokenizer=chars.")
+    p.add_argument("args", nargs="*", metavar="[CONFIG] [key=value]")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its last checkpoint")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.set_defaults(fn=_train)
+
+    p = sub.add_parser("eval", help="evaluate a run's latest checkpoint on a split")
+    p.add_argument("run_dir")
+    p.add_argument("--split", default="val", choices=["train", "val", "test"])
+    p.add_argument("--lengths", help="comma-separated sequence lengths, evaluated one by one "
+                                     "(length extrapolation), e.g. 256,512,1024")
+    p.add_argument("--max-batches", type=int, default=None,
+                   help="evaluate this many evenly spaced batches (default: the whole split)")
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(fn=_eval)
+
+    p = sub.add_parser("generate", help="continue a prompt with a trained language model")
+    p.add_argument("run_dir")
+    p.add_argument("--prompt", default="\n")
+    p.add_argument("--max-new-tokens", type=int, default=200)
+    p.add_argument("--temperature", type=float, default=0.8)
+    p.add_argument("--top-k", type=int, default=None)
+    p.add_argument("--top-p", type=float, default=None)
+    p.add_argument("--greedy", action="store_true", help="argmax decoding")
+    p.add_argument("--no-cache", action="store_true", help="re-run the whole context each step")
+    p.add_argument("--escapes", action="store_true", help="interpret \\n etc. in the prompt")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu")
+    p.set_defaults(fn=_generate)

@@ -1,0 +1,68 @@
+"""Evaluation: an objective's metrics over a split (token-weighted, summed over DDP ranks),
+with perplexity and bits per character / byte where they apply; and per-length evaluation for
+length extrapolation (train at L, evaluate at 1×…16× L)."""
+from __future__ import annotations
+
+from contextlib import nullcontext
+
+import torch
+
+from ..data.pipeline import batch_to
+from ..errors import InputError
+from ..objectives.base import MetricSums
+
+EVAL_SEED = 1234          # randomness inside evaluation (MLM masks) is fixed and never
+                          # touches the training generators
+
+
+def autocast(device: torch.device, precision: str):
+    if precision == "bf16":
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return nullcontext()
+
+
+@torch.no_grad()
+def evaluate(model, objective, data, split: str = "val", batch_size: int = 32,
+             max_batches: int | None = None, device=None, precision: str = "fp32",
+             rank: int = 0, world: int = 1, seq_len: int | None = None) -> dict:
+    """Metric means over ``split`` (all of it when ``max_batches`` is None) plus derived ones
+    (perplexity, bits_per_token, bits_per_char, bits_per_byte)."""
+    device = device or next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    sums = MetricSums()
+    try:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(EVAL_SEED)
+            with autocast(device, precision):
+                for b in data.eval_batches(split, batch_size, max_batches, rank, world, seq_len):
+                    _, m = objective(model, batch_to(b, device))
+                    sums.add(m)
+    finally:
+        model.train(was_training)
+    sums.all_reduce(device)
+    out = sums.means()
+    out.update(objective.derived(out, data.stats(split)))
+    out["eval_tokens"] = int(sums.count("loss"))
+    return out
+
+
+def evaluate_lengths(model, objective, data, lengths, split: str = "val",
+                     tokens_per_batch: int = 8192, max_batches: int | None = None,
+                     device=None, precision: str = "fp32") -> list[dict]:
+    """One evaluation per sequence length (for length extrapolation). A length the model
+    cannot encode (past a learned position table) is reported with its error."""
+    rows = []
+    for n in lengths:
+        n = int(n)
+        if n < 2:
+            raise InputError(f"evaluation length must be >= 2, got {n}")
+        bs = max(1, tokens_per_batch // n)
+        try:
+            r = evaluate(model, objective, data, split, bs, max_batches, device, precision,
+                         seq_len=n)
+        except InputError as e:
+            rows.append({"length": n, "error": str(e)})
+            continue
+        rows.append({"length": n, **r})
+    return rows

@@ -1,0 +1,54 @@
+"""Open a finished (or interrupted) run folder: its exact config, tokenizer, data cache and the
+weights of its latest checkpoint — what ``tevo eval`` and ``tevo generate`` work from."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ..config import RunConfig, load_config
+from ..data.pipeline import DataModule, build_data
+from ..errors import InputError
+from ..registry import MODELS, OBJECTIVES
+from .checkpoint import WEIGHTS, latest_checkpoint, load_weights
+from .distributed import resolve_device
+from .trainer import CONFIG
+
+
+@dataclass
+class Run:
+    run_dir: Path
+    cfg: RunConfig
+    model: torch.nn.Module
+    objective: object
+    data: DataModule
+    checkpoint: Path
+    device: torch.device
+
+    @property
+    def tokenizer(self):
+        return self.data.tokenizer
+
+    @property
+    def step(self) -> int:
+        return int(self.checkpoint.name.rsplit("_", 1)[-1])
+
+
+def load_run(run_dir, device: str = "cpu", checkpoint=None) -> Run:
+    """The run's model (eval mode, latest or given checkpoint), objective and data."""
+    run_dir = Path(run_dir)
+    if not (run_dir / CONFIG).exists():
+        raise InputError(f"{run_dir} is not a tevo run folder (no {CONFIG})")
+    cfg = load_config(run_dir / CONFIG)
+    objective = OBJECTIVES.build(cfg.objective, "objective")
+    data = build_data(cfg, objective, run_dir)
+    objective.setup(data.vocab_size, data.special_ids)
+    ck = Path(checkpoint) if checkpoint else latest_checkpoint(run_dir)
+    if ck is None or not (ck / WEIGHTS).exists():
+        raise InputError(f"no checkpoint in {run_dir / 'checkpoints'}")
+    dev = resolve_device(device)
+    model = MODELS.get(cfg.model.arch, "model.arch").obj(cfg.model)
+    load_weights(model, ck / WEIGHTS)
+    model.to(dev).eval()
+    return Run(run_dir, cfg, model, objective, data, ck, dev)

@@ -1,0 +1,113 @@
+"""RoPE: both layouts against Hugging Face, partial rotary against GPT-NeoX, NTK and linear
+scaling against transformers' rope utilities, and the relative property q·k = g(i - j)."""
+import pytest
+import torch
+
+from tevo.errors import ConfigError
+from tevo.positions.rope import RotaryPosition
+
+TOL = dict(atol=1e-5, rtol=1e-5)
+
+
+def _rope(head_dim=16, **kw):
+    return RotaryPosition(head_dim, **kw)
+
+
+def _qk(B=2, h=2, n=10, e=16):
+    return torch.randn(B, h, n, e), torch.randn(B, h, n, e)
+
+
+def test_rope_half_matches_hf_llama_rotary():
+    from transformers import LlamaConfig
+    from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding, apply_rotary_pos_emb
+    cfg = LlamaConfig(hidden_size=32, num_attention_heads=2, max_position_embeddings=64,
+                      rope_theta=500.0)
+    q, k = _qk()
+    pos = torch.tensor([[0, 1, 2, 3, 4, 5, 6, 7, 8, 9], [3, 4, 5, 6, 7, 8, 9, 10, 11, 40]])
+    cos, sin = LlamaRotaryEmbedding(cfg)(q, pos)
+    ref_q, ref_k = apply_rotary_pos_emb(q, k, cos, sin)
+    pe = _rope(base=500.0, layout="half")
+    out_q, out_k = pe.rotate(q, k, pos, pos)
+    torch.testing.assert_close(out_q, ref_q, **TOL)
+    torch.testing.assert_close(out_k, ref_k, **TOL)
+
+
+def test_rope_interleaved_matches_hf_roformer():
+    from transformers.models.roformer.modeling_roformer import (
+        RoFormerSelfAttention, RoFormerSinusoidalPositionalEmbedding)
+    emb = RoFormerSinusoidalPositionalEmbedding(64, 16)
+    with torch.no_grad():
+        emb.weight.copy_(emb.create_weight())
+    q, k = _qk(n=12)
+    sinusoidal = emb((2, 12))[None, None]                              # (1, 1, n, e)
+    ref_q, ref_k = RoFormerSelfAttention.apply_rotary_position_embeddings(sinusoidal, q, k)
+    pos = torch.arange(12).expand(2, -1)
+    out_q, out_k = _rope(layout="interleaved").rotate(q, k, pos, pos)
+    torch.testing.assert_close(out_q, ref_q, **TOL)
+    torch.testing.assert_close(out_k, ref_k, **TOL)
+
+
+def test_rope_partial_rotary_matches_gpt_neox():
+    from transformers import GPTNeoXConfig
+    from transformers.models.gpt_neox.modeling_gpt_neox import (GPTNeoXRotaryEmbedding,
+                                                                 apply_rotary_pos_emb)
+    cfg = GPTNeoXConfig(hidden_size=32, num_attention_heads=2, max_position_embeddings=64,
+                        rotary_pct=0.5)
+    q, k = _qk()
+    pos = torch.arange(10).expand(2, -1) + 5
+    cos, sin = GPTNeoXRotaryEmbedding(cfg)(q, pos)
+    ref_q, ref_k = apply_rotary_pos_emb(q, k, cos, sin)
+    pe = _rope(rotary_dim=0.5)
+    assert pe.rotary_dim == 8
+    out_q, out_k = pe.rotate(q, k, pos, pos)
+    torch.testing.assert_close(out_q, ref_q, **TOL)
+    torch.testing.assert_close(out_k, ref_k, **TOL)
+    torch.testing.assert_close(out_q[..., 8:], q[..., 8:])              # the rest passes through
+    assert _rope(rotary_dim=8).rotary_dim == 8
+
+
+def test_rope_scalings_match_hf_rope_utils():
+    from transformers import LlamaConfig
+    from transformers.modeling_rope_utils import (_compute_dynamic_ntk_parameters,
+                                                  _compute_linear_scaling_rope_parameters)
+    lin = LlamaConfig(hidden_size=32, num_attention_heads=2, max_position_embeddings=64,
+                      rope_parameters={"rope_type": "linear", "factor": 4.0, "rope_theta": 1e4})
+    inv_lin, _ = _compute_linear_scaling_rope_parameters(lin)
+    pe = _rope(scaling="linear", factor=4.0)
+    pos = torch.arange(50).unsqueeze(0)
+    # linear interpolation divides positions by s: angles m·θ/s = m·(θ/s)
+    torch.testing.assert_close(pe.angles(pos), pos[..., None].float() * inv_lin, **TOL)
+    # static NTK-aware: base·s^{d/(d-2)} = transformers' dynamic NTK at seq_len = s·L with factor 1
+    ntk = LlamaConfig(hidden_size=32, num_attention_heads=2, max_position_embeddings=64,
+                      rope_parameters={"rope_type": "dynamic", "factor": 1.0, "rope_theta": 1e4})
+    inv_ntk, _ = _compute_dynamic_ntk_parameters(ntk, seq_len=4 * 64)
+    torch.testing.assert_close(_rope(scaling="ntk", factor=4.0).inv_freq, inv_ntk, **TOL)
+    # NTK keeps the highest frequency and stretches the lowest by exactly s
+    base = _rope()
+    torch.testing.assert_close(_rope(scaling="ntk", factor=4.0).inv_freq[0], base.inv_freq[0])
+    assert _rope(scaling="ntk", factor=4.0).inv_freq[-1] == pytest.approx(base.inv_freq[-1] / 4.0)
+
+
+@pytest.mark.parametrize("kw", [dict(layout="half"), dict(layout="interleaved"),
+                                dict(rotary_dim=0.25), dict(scaling="ntk", factor=8.0),
+                                dict(scaling="linear", factor=2.0), dict(base=500.0)])
+def test_rope_scores_depend_only_on_relative_position(kw):
+    pe = _rope(**kw)
+    q, k = _qk(n=9)
+    pos = torch.arange(9).expand(2, -1)
+    qa, ka = pe.rotate(q, k, pos, pos)
+    qb, kb = pe.rotate(q, k, pos + 123, pos + 123)
+    torch.testing.assert_close(qa @ ka.transpose(-1, -2), qb @ kb.transpose(-1, -2),
+                               atol=2e-4, rtol=1e-4)
+    # and it does depend on the offset between the two
+    qc, _ = pe.rotate(q, k, pos + 1, pos)
+    assert not torch.allclose(qc @ ka.transpose(-1, -2), qa @ ka.transpose(-1, -2), atol=1e-3)
+
+
+def test_rope_bad_options_are_one_line_config_errors():
+    for kw, word in [(dict(layout="diagonal"), "interleaved"), (dict(rotary_dim=7), "even"),
+                     (dict(rotary_dim=1.5), "fraction"), (dict(scaling="yarn"), "ntk"),
+                     (dict(factor=0.5), ">= 1")]:
+        with pytest.raises(ConfigError, match=word) as e:
+            _rope(**kw)
+        assert "\n" not in str(e.value)

@@ -1,0 +1,225 @@
+"""Trainer: exact resume (stopped, and by SIGINT), checkpoint round trip, atomic keep-last-N,
+NaN detection, accumulation, weight-decay groups, schedules, DDP equals one process."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+import torch
+
+import tevo
+from tevo import cli
+from tevo.config import load_config
+from tevo.data.corpora import ShakespeareCorpus
+from tevo.train.checkpoint import STATE, latest_checkpoint, list_checkpoints
+from tevo.train.log import read_metrics
+from tevo.train.optim import Schedule, param_groups
+from tevo.train.run import load_run
+from tevo.train.trainer import Trainer, TrainingDiverged, new_run_dir, train
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    p = tmp_path_factory.mktemp("corpus") / "shakespeare_part.txt"
+    p.write_text(ShakespeareCorpus().splits()["train"][:60_000])
+    return p
+
+
+def tiny(corpus, out, *extra) -> list[str]:
+    return [f"data.path={corpus}", "data.seq_len=32", "model.d_model=32", "model.n_layers=2",
+            "model.max_len=32", "model.mixer={name: softmax, heads: 2}", "train.batch_size=8", "train.steps=16",
+            "train.warmup=4", "train.lr=3e-3", "train.log_every=1", "train.eval_every=8",
+            "train.eval_batches=2", "train.ckpt_every=0", "train.final_eval_batches=4",
+            "train.sample_tokens=0", "train.progress=false", "train.plot=false",
+            f"train.out_dir={out}", *extra]
+
+
+def losses(run_dir, split="train") -> dict:
+    return {r["step"]: r["loss"] for r in read_metrics(run_dir) if r.get("split") == split}
+
+
+@contextmanager
+def threads(n):
+    old = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
+def test_exact_resume_matches_an_uninterrupted_run(corpus, tmp_path):
+    ov = ["model.dropout=0.1"]                    # dropout: the RNG state must resume too
+    full = train(load_config(None, tiny(corpus, tmp_path / "full", *ov)))
+    stop = train(load_config(None, tiny(corpus, tmp_path / "part", *ov)), stop_at=8)
+    assert stop["stopped"] == "stop_at" and stop["step"] == 8
+    assert [p.name for p in list_checkpoints(tmp_path / "part")] == ["step_00000008"]
+    assert cli.main(["train", "--resume", str(tmp_path / "part")]) == 0
+    a, b = losses(tmp_path / "full"), losses(tmp_path / "part")
+    assert sorted(a) == list(range(1, 17)) and a == b            # identical at every step
+    assert losses(tmp_path / "full", "val") == losses(tmp_path / "part", "val")
+    sa = json.loads((tmp_path / "full" / "summary.json").read_text())
+    sb = json.loads((tmp_path / "part" / "summary.json").read_text())
+    assert sa["final_val_loss"] == sb["final_val_loss"] and sb["steps"] == 16
+
+
+def test_sigint_saves_a_checkpoint_and_the_resumed_run_matches(corpus, tmp_path):
+    ov = ["train.steps=300", "model.n_layers=1", "model.d_model=16", "data.seq_len=16",
+          "model.max_len=16", "train.batch_size=4", "train.eval_every=0",
+          "train.final_eval_batches=2"]
+    run = tmp_path / "interrupted"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE",
+           "PYTHONPATH": str(ROOT / "src")}
+    p = subprocess.Popen([sys.executable, "-m", "tevo", "train", *tiny(corpus, run, *ov)],
+                         env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    t0 = time.time()
+    while not losses(run) and p.poll() is None and time.time() - t0 < 120:
+        time.sleep(0.01)
+    p.send_signal(signal.SIGINT)
+    out, err = p.communicate(timeout=120)
+    assert p.returncode == 0, err[-2000:]
+    assert "stopped at step" in out, out + err
+    ck = latest_checkpoint(run)
+    k = int(ck.name.split("_")[1])
+    assert 0 < k < 300 and not (run / "summary.json").exists()
+    assert not list((run / "checkpoints").glob(".tmp*"))
+    with threads(1):
+        assert cli.main(["train", "--resume", str(run)]) == 0
+        train(load_config(None, tiny(corpus, tmp_path / "ref", *ov)))
+    a, b = losses(tmp_path / "ref"), losses(run)
+    assert sorted(b) == list(range(1, 301)) and a == b
+
+
+def test_checkpoint_round_trip_gives_identical_logits_and_safe_state(corpus, tmp_path):
+    tr = Trainer(load_config(None, tiny(corpus, tmp_path / "r", "train.ckpt_every=4",
+                                        "train.keep_last=2", "train.eval_every=0")))
+    tr.fit()
+    assert [p.name for p in list_checkpoints(tr.run_dir)] == ["step_00000012", "step_00000016"]
+    assert not list((tr.run_dir / "checkpoints").glob(".tmp*"))
+    run = load_run(tr.run_dir)
+    ids = torch.randint(0, run.cfg.model.vocab_size, (2, 32))
+    tr.model.eval()
+    assert torch.equal(tr.model(ids).logits, run.model(ids).logits)
+    st = torch.load(run.checkpoint / STATE, weights_only=True)       # no pickled code needed
+    assert st["step"] == 16 and "sampler" in st["data"] and "torch" in st["rng"][0]
+    for f in ("config.yaml", "metrics.jsonl", "summary.json"):
+        assert (tr.run_dir / f).exists()
+    s = json.loads((tr.run_dir / "summary.json").read_text())
+    for k in ("final_val_loss", "val_bits_per_char", "tokens_per_second", "params",
+              "wall_seconds"):
+        assert isinstance(s[k], (int, float)), k
+    assert s["params"] == sum(p.numel() for p in tr.model.parameters())
+
+
+def test_nan_is_detected_early_with_a_clear_message(corpus, tmp_path):
+    tr = Trainer(load_config(None, tiny(corpus, tmp_path / "nan")))
+    real = tr.objective
+
+    class Poisoned:
+        def __getattr__(self, name):
+            return getattr(real, name)
+
+        def __call__(self, model, batch):
+            loss, m = real(model, batch)
+            return (loss * float("nan") if tr.step >= 2 else loss), m
+    tr.objective = Poisoned()
+    with pytest.raises(TrainingDiverged, match=r"diverged at step 3: .*lower train.lr"):
+        tr.fit()
+
+
+def test_gradient_accumulation_matches_one_big_batch(corpus, tmp_path):
+    ov = ["train.steps=4", "train.eval_every=0"]
+    train(load_config(None, tiny(corpus, tmp_path / "one", *ov)))
+    train(load_config(None, tiny(corpus, tmp_path / "acc", *ov, "train.grad_accum=2")))
+    a, b = losses(tmp_path / "one"), losses(tmp_path / "acc")
+    assert sorted(a) == sorted(b)
+    for s in a:
+        assert abs(a[s] - b[s]) < 1e-4, (s, a[s], b[s])
+
+
+def test_no_weight_decay_on_norms_biases_and_embeddings():
+    model = tevo.build_model("gpt2", n_layers=2, d_model=16, vocab_size=30, max_len=16,
+                             mixer={"name": "softmax", "heads": 2})
+    names = {id(p): n for n, p in model.named_parameters()}
+    decay, keep = param_groups(model, 0.1)
+    dn = {names[id(p)] for p in decay["params"]}
+    assert dn and all(n.endswith("weight") and "norm" not in n and "embed" not in n
+                      and "pos" not in n for n in dn)
+    assert len(decay["params"]) + len(keep["params"]) == len(list(model.parameters()))
+    assert decay["weight_decay"] == 0.1 and keep["weight_decay"] == 0.0
+    decay2, _ = param_groups(model, 0.1, ["bias", "norm"])
+    assert "embed.weight" in {names[id(p)] for p in decay2["params"]}
+
+
+def test_schedules():
+    s = Schedule(1.0, steps=110, warmup=10, kind="cosine", min_lr_ratio=0.1)
+    assert s(0) == pytest.approx(0.1) and s(9) == pytest.approx(1.0)
+    assert s(10) == pytest.approx(1.0) and s(60) == pytest.approx(0.55) and s(110) == pytest.approx(0.1)
+    lin = Schedule(1.0, steps=110, warmup=10, kind="linear", min_lr_ratio=0.0)
+    assert lin(60) == pytest.approx(0.5)
+    assert Schedule(2.0, 100, 0, "constant")(77) == 2.0
+    timed = Schedule(1.0, steps=1000, warmup=0, kind="linear", min_lr_ratio=0.0, max_seconds=10)
+    assert timed(10, elapsed=5.0) == pytest.approx(0.5)          # time is further along
+
+
+def test_bf16_autocast_and_other_objectives_train(corpus, tmp_path):
+    s = train(load_config(None, tiny(corpus, tmp_path / "bf16", "train.precision=bf16",
+                                     "train.steps=4", "train.eval_every=0")))
+    assert s["precision"] == "bf16" and s["final_val_loss"] < 6
+    bert = train(load_config(None, [
+        "model.arch=bert", "model.n_segments=2", "objective.name=mlm", "objective.nsp=true",
+        *tiny(corpus, tmp_path / "bert", "train.steps=4", "train.eval_every=0")]))
+    assert "val_accuracy" in bert and "val_bits_per_char" not in bert
+    s2s = train(load_config(None, [
+        "model.arch=transformer", "objective=seq2seq", "data.task={name: reverse, vocab: 8, "
+        "length: 6}", *tiny(corpus, tmp_path / "s2s", "train.steps=6", "train.eval_every=0")]))
+    assert 0 <= s2s["val_exact_match"] <= 1
+    mqar = train(load_config(None, [
+        "data.task={name: mqar, vocab: 32, seq_len: 24, num_kv_pairs: 4}",
+        *tiny(corpus, tmp_path / "mqar", "train.steps=4", "train.eval_every=0")]))
+    assert "val_accuracy" in mqar and mqar["params"] > 0
+
+
+def test_new_run_dirs_do_not_overwrite(tmp_path):
+    assert new_run_dir(tmp_path / "x") == tmp_path / "x"
+    (tmp_path / "x").mkdir()
+    assert new_run_dir(tmp_path / "x") == tmp_path / "x"          # empty: reused
+    (tmp_path / "x" / "f").write_text("1")
+    assert new_run_dir(tmp_path / "x") == tmp_path / "x-2"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_ddp_two_cpu_processes_match_one_process(corpus, tmp_path):
+    ov = ["train.steps=4", "train.eval_every=2", "train.eval_batches=2"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE",
+           "PYTHONPATH": str(ROOT / "src")}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes=1", "--nproc_per_node=2",
+           "--master_addr=127.0.0.1", f"--master_port={_free_port()}", "-m", "tevo", "train",
+           *tiny(corpus, tmp_path / "ddp", *ov)]
+    p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, (p.stdout + p.stderr)[-3000:]
+    with threads(1):
+        train(load_config(None, tiny(corpus, tmp_path / "single", *ov)))
+    a, b = losses(tmp_path / "single"), losses(tmp_path / "ddp")
+    assert sorted(a) == sorted(b) == [1, 2, 3, 4]
+    for s in a:
+        assert abs(a[s] - b[s]) < 1e-4, (s, a[s], b[s])
+    va, vb = losses(tmp_path / "single", "val"), losses(tmp_path / "ddp", "val")
+    assert sorted(va) == sorted(vb) and all(abs(va[s] - vb[s]) < 1e-4 for s in va)
+    summary = json.loads((tmp_path / "ddp" / "summary.json").read_text())
+    assert summary["world_size"] == 2
