@@ -29,6 +29,14 @@ def openai_gpt(**kw):
     return randomize_(transformers.OpenAIGPTLMHeadModel(transformers.OpenAIGPTConfig(**c)).eval())
 
 
+def opt(**kw):
+    c = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, ffn_dim=64,
+             max_position_embeddings=64, word_embed_proj_dim=32, vocab_size=V,
+             bos_token_id=None, eos_token_id=None, attn_implementation="eager")
+    c.update(kw)
+    return randomize_(transformers.OPTForCausalLM(transformers.OPTConfig(**c)).eval())
+
+
 CASES = {
     "gpt2": lambda: gpt2(),
     "gpt2-relu-untied-unscaled": lambda: gpt2(activation_function="relu", n_inner=48,
@@ -36,6 +44,8 @@ CASES = {
                                               scale_attn_weights=False),
     "gpt2-inverse-layer-scale": lambda: gpt2(scale_attn_by_inverse_layer_idx=True),
     "openai-gpt": lambda: openai_gpt(),
+    "opt": lambda: opt(),
+    "opt-post-ln": lambda: opt(do_layer_norm_before=False),
 }
 
 
@@ -47,7 +57,7 @@ def test_logits_match_with_padding(case):
     assert r["max_abs_diff"] <= TOL, r
 
 
-@pytest.mark.parametrize("case", ["gpt2", "openai-gpt"])
+@pytest.mark.parametrize("case", ["gpt2", "openai-gpt", "opt"])
 def test_greedy_generation_same_tokens(case):
     hf = CASES[case]()
     model = from_hf(hf)

@@ -22,7 +22,8 @@ def make(model: str, **kw):
     cls = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM",
            "qwen2": "Qwen2ForCausalLM"}[model]
     cfg = {"llama": "LlamaConfig", "mistral": "MistralConfig", "qwen2": "Qwen2Config"}[model]
-    return randomize_(getattr(transformers, cls)(getattr(transformers, cfg)(**{**BASE, **kw})).eval())
+    hf_cfg = getattr(transformers, cfg)(**{**BASE, **kw})
+    return randomize_(getattr(transformers, cls)(hf_cfg).eval())
 
 
 CASES = {

@@ -1,6 +1,7 @@
 """GPT-NeoX (partial rotary, parallel attention + MLP with two norms), BLOOM (ALiBi, embedding
-LayerNorm) and Falcon (multi-query, parallel block, new decoder architecture): same logits with
-left padding and the same greedy tokens."""
+LayerNorm), Falcon (multi-query, parallel block, new decoder architecture), GPT-J (interleaved
+partial rotary, parallel block) and Phi: same logits with left padding and the same greedy
+tokens."""
 import pytest
 import torch
 
@@ -35,6 +36,19 @@ def falcon(**kw):
     return randomize_(transformers.FalconForCausalLM(transformers.FalconConfig(**c)).eval())
 
 
+def gptj(**kw):
+    c = dict(n_embd=32, n_layer=2, n_head=4, rotary_dim=4, n_positions=64, **COMMON)
+    c.update(kw)
+    return randomize_(transformers.GPTJForCausalLM(transformers.GPTJConfig(**c)).eval())
+
+
+def phi(**kw):
+    c = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+             intermediate_size=64, max_position_embeddings=64, **COMMON)
+    c.update(kw)
+    return randomize_(transformers.PhiForCausalLM(transformers.PhiConfig(**c)).eval())
+
+
 CASES = {
     "neox-parallel-partial-rotary": lambda: neox(),
     "neox-sequential-no-bias-full-rotary": lambda: neox(
@@ -49,6 +63,8 @@ CASES = {
     "falcon-new-arch-2-norms": lambda: falcon(new_decoder_architecture=True, num_kv_heads=2),
     "falcon-new-arch-1-norm": lambda: falcon(new_decoder_architecture=True, num_kv_heads=2,
                                              num_ln_in_parallel_attn=1, bias=True),
+    "gptj": lambda: gptj(),
+    "phi": lambda: phi(),
 }
 
 
@@ -61,7 +77,7 @@ def test_logits_match_with_padding(case):
 
 
 @pytest.mark.parametrize("case", ["neox-parallel-partial-rotary", "bloom",
-                                  "falcon-new-arch-2-norms"])
+                                  "falcon-new-arch-2-norms", "gptj"])
 def test_greedy_generation_same_tokens(case):
     hf = CASES[case]()
     model = from_hf(hf)
@@ -82,6 +98,7 @@ def test_neox_parallel_block_is_tevo_p_layout_with_folded_norms():
     (lambda: falcon(alibi=True), "alibi"),
     (lambda: bloom(apply_residual_connection_post_layernorm=True),
      "apply_residual_connection_post_layernorm"),
+    (lambda: phi(qk_layernorm=True), "qk_layernorm"),
 ])
 def test_unsupported_option_is_named(make, option):
     with pytest.raises(UnsupportedHFOption, match=option):

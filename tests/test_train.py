@@ -41,6 +41,7 @@ def tiny(corpus, out, *extra) -> list[str]:
             "train.warmup=4", "train.lr=3e-3", "train.log_every=1", "train.eval_every=8",
             "train.eval_batches=2", "train.ckpt_every=0", "train.final_eval_batches=4",
             "train.sample_tokens=0", "train.progress=false", "train.plot=false",
+            "train.max_minutes=null",
             f"train.out_dir={out}", *extra]
 
 

@@ -94,6 +94,7 @@ class TrainConfig:
     no_decay: list = field(default_factory=lambda: ["bias", "norm", "embedding"])
     progress: bool = True                  # rich progress bar on a terminal (plain lines otherwise)
     plot: bool = True                      # loss-curve PNG at the end when matplotlib is installed
+    threads: Any = None                    # CPU threads: null = torch's default, N, or auto
     extra: dict = field(default_factory=dict)
 
 

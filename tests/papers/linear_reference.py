@@ -29,12 +29,12 @@ def left_padded(B=2, n=13, d=D, pad=3, seed=0):
 
 
 def assert_rel_close(a, b, rel=1e-5, what=""):
-    """‖a − b‖ ≤ rel · ‖b‖ (a relative tolerance on the whole tensor: elementwise relative
+    """‖a − b‖ ≤ rel · ‖b‖ + 1e-6 (a relative tolerance on the whole tensor: elementwise relative
     errors are meaningless on entries that happen to be near zero)."""
     a, b = a.detach().double(), b.detach().double()
     assert a.shape == b.shape, (what, a.shape, b.shape)
     err, ref = (a - b).norm().item(), b.norm().item()
-    assert err <= rel * ref + 1e-9, f"{what}: relative error {err / max(ref, 1e-30):.2e} > {rel}"
+    assert err <= rel * ref + 1e-6, f"{what}: relative error {err / max(ref, 1e-30):.2e} > {rel}"
 
 
 def _flat_state(st):

@@ -132,3 +132,16 @@ def test_bad_options_are_config_errors():
     for kw in ({"pattern": "dilated"}, {"window": 0}, {"look_backward": -1}):
         with pytest.raises(ConfigError):
             make_mixer("local", True, d=D, heads=2, **kw)
+
+
+def test_mid_sequence_padding_is_refused():
+    """Tiles assume real tokens are contiguous (left/right padding); anything else is an error,
+    never a silently wrong window."""
+    from tevo.errors import InputError
+    from tevo.nn.context import MixerContext
+    m = make_mixer("local", True, d=D, heads=2, window=3)
+    x = torch.randn(1, 6, D)
+    mask = torch.tensor([[True, False, True, True, True, True]])
+    with pytest.raises(InputError):
+        m(x, MixerContext(causal=True, key_padding_mask=mask,
+                          positions=torch.tensor([[0, 0, 1, 2, 3, 4]])))

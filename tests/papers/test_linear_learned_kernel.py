@@ -40,7 +40,7 @@ def test_attention_uses_the_learned_closed_form_kernel():
 
 
 def test_spectral_parameters_learn_and_forms_agree():
-    m = make_mixer("learned_kernel", True, chunk=4).train()
+    m = make_mixer("learned_kernel", True, chunk=4, components=2).train()
     x, mask = left_padded()
     y, _ = m(x, ctx(x, True, mask))
     y[mask].pow(2).sum().backward()

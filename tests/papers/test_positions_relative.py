@@ -84,3 +84,22 @@ def test_absolute_encodings_do_see_the_shift(name):
             p.add_(torch.randn_like(p) * 0.5)
         assert not torch.allclose(model(ids).logits, model(ids, positions=pos + 13).logits,
                                   atol=1e-4)
+
+
+@pytest.mark.parametrize("position,mixer", [("alibi", "aan"), ("permute", "softmax"),
+                                            ("spe", "softmax"), ("rope", "aan")])
+def test_incompatible_pairing_is_refused_with_the_compatible_encodings(position, mixer):
+    from tevo.errors import ConfigError
+    if mixer not in MIXERS:
+        pytest.skip(f"{mixer} is not registered")
+    accepted = set(MIXERS.get(mixer).supports.positions)
+    with pytest.raises(ConfigError) as e:
+        tevo.build_model({"arch": "gpt", "vocab_size": 20, "d_model": 16, "n_layers": 1,
+                          "mixer": {"name": mixer, **MIXERS.get(mixer).tiny},
+                          "position": position})
+    msg = str(e.value)
+    assert "\n" not in msg and position in msg and mixer in msg
+    valid = msg.split("(valid:")[1]
+    for p in POSITIONS.names():
+        fits = set(POSITIONS.get(p).obj.hooks) <= accepted
+        assert (f" {p}," in valid or f" {p})" in valid) == fits, p

@@ -111,3 +111,13 @@ def test_rope_bad_options_are_one_line_config_errors():
         with pytest.raises(ConfigError, match=word) as e:
             _rope(**kw)
         assert "\n" not in str(e.value)
+
+
+def test_rope_adapts_to_the_mixers_qk_size():
+    """Mixers whose q/k size differs from d_model/heads (GAU's shared qk) get the same
+    settings resolved for their size."""
+    q = torch.randn(1, 1, 6, 12)
+    pos = torch.arange(6).unsqueeze(0)
+    for kw in (dict(), dict(rotary_dim=0.5, layout="interleaved")):
+        torch.testing.assert_close(_rope(4, **kw).rotate(q, q, pos, pos)[0],
+                                   _rope(12, **kw).rotate(q, q, pos, pos)[0])

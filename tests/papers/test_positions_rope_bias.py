@@ -51,10 +51,17 @@ def test_rope_bias_scores_are_relative_and_zero_bias_is_rope():
                                atol=1e-4, rtol=1e-4)
 
 
-def test_rope_bias_gqa_needs_kv_heads():
+def test_rope_bias_with_grouped_kv_heads_uses_the_group_mean():
     q, k = torch.randn(1, 4, 5, 8), torch.randn(1, 2, 5, 8)
     pos = torch.arange(5).unsqueeze(0)
-    with pytest.raises(ConfigError, match="kv_heads"):
-        RotaryBiasPosition(8, heads=4).rotate(q, k, pos, pos)
-    out_q, out_k = RotaryBiasPosition(8, heads=4, kv_heads=2).rotate(q, k, pos, pos)
-    assert out_q.shape == q.shape and out_k.shape == k.shape
+    pe = RotaryBiasPosition(8, heads=4)
+    with torch.no_grad():
+        pe.b_q.normal_()
+        pe.b_k.normal_()
+    out_q, out_k = pe.rotate(q, k, pos, pos)
+    b_k = pe.b_k.view(2, 2, 8).mean(1)[None, :, None, :]
+    ref_q, ref_k = RotaryPosition(8).rotate(q + pe.b_q[None, :, None, :], k + b_k, pos, pos)
+    torch.testing.assert_close(out_q, ref_q)
+    torch.testing.assert_close(out_k, ref_k)
+    with pytest.raises(ConfigError, match="heads"):
+        pe.rotate(torch.randn(1, 3, 5, 8), k, pos, pos)

@@ -12,7 +12,8 @@ def test_swin_cpb_matches_hf_swinv2_bias():
     from transformers.models.swinv2.modeling_swinv2 import Swinv2SelfAttention
     torch.manual_seed(8)
     dim, h, wh, ww = 16, 2, 3, 4
-    ref = Swinv2SelfAttention(Swinv2Config(attention_probs_dropout_prob=0.0), dim, h, (wh, ww)).eval()
+    cfg = Swinv2Config(attention_probs_dropout_prob=0.0)
+    ref = Swinv2SelfAttention(cfg, dim, h, (wh, ww)).eval()
     with torch.no_grad():
         for p in ref.continuous_position_bias_mlp.parameters():
             p.normal_(0, 0.5)
@@ -23,7 +24,8 @@ def test_swin_cpb_matches_hf_swinv2_bias():
     # the same cosine attention, with tevo's bias
     split = lambda t: t.view(2, -1, h, dim // h).transpose(1, 2)      # noqa: E731
     q, k, v = split(ref.query(x)), split(ref.key(x)), split(ref.value(x))
-    cos = torch.nn.functional.normalize(q, dim=-1) @ torch.nn.functional.normalize(k, dim=-1).transpose(-1, -2)
+    nq, nk = torch.nn.functional.normalize(q, dim=-1), torch.nn.functional.normalize(k, dim=-1)
+    cos = nq @ nk.transpose(-1, -2)
     scale = torch.clamp(ref.logit_scale, max=math.log(1.0 / 0.01)).exp()
     pos = torch.arange(wh * ww).expand(2, -1)
     attn = (cos * scale + pe.bias(q, k, pos, pos)).softmax(-1)

@@ -61,6 +61,9 @@ class DataModule:
     def eval_batches(self, split: str, batch_size: int, max_batches: int | None = None,
                      rank: int = 0, world: int = 1, seq_len: int | None = None
                      ) -> Iterator[dict]:
+        """This rank's batches of ``batch_size`` rows: the whole split, or ``max_batches``
+        global batches (of ``batch_size × world`` rows) spread evenly over it, so every world
+        size evaluates the same examples. ``seq_len`` overrides the length (extrapolation)."""
         raise NotImplementedError
 
     def stats(self, split: str) -> dict | None:
@@ -116,7 +119,8 @@ class CorpusData(DataModule):
             raise ConfigError("split", split, list(self.streams))
         n = int(seq_len or self.seq_len)
         stream = self.streams[split]
-        max_windows = None if max_batches is None else max_batches * batch_size
+        # the same windows whatever the number of ranks: batches are global, then sharded
+        max_windows = None if max_batches is None else max_batches * batch_size * world
         starts = eval_starts(len(stream), self.window(n), n, max_windows)[rank::world]
         for i in range(0, len(starts), batch_size):
             yield self.to_batch(stream.windows(starts[i:i + batch_size], self.window(n)))
@@ -228,9 +232,8 @@ class TaskData(DataModule):
             raise ConfigError("lengths", seq_len, why="synthetic tasks have a fixed length")
         for i in range(max_batches or 16):
             gen = torch.Generator().manual_seed(_seed(self.seed, self.SPLIT_IDS[split], i))
-            b = self.task.batch(batch_size, gen, self.fmt)
-            per = -(-batch_size // world)
-            yield slice_batch(b, rank * per, (rank + 1) * per)
+            b = self.task.batch(batch_size * world, gen, self.fmt)    # global, then sharded
+            yield slice_batch(b, rank * batch_size, (rank + 1) * batch_size)
 
     def state_dict(self) -> dict:
         return {"batch": self.k}

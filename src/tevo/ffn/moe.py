@@ -28,7 +28,7 @@ from torch import Tensor, nn
 
 from ..errors import ConfigError
 from ..nn.context import MixerContext
-from ..registry import FFNS
+from ..registry import FFNS, split_spec
 
 
 @FFNS.register(
@@ -50,12 +50,11 @@ class MixtureOfExperts(nn.Module):
                  aux_weight: float = 0.01, z_loss_weight: float = 0.0, jitter: float = 0.0,
                  dropout: float = 0.0):
         super().__init__()
-        from ..registry import split_spec
         if experts < 1:
             raise ConfigError("ffn.experts", experts, why="needs at least one expert")
         if top_k not in (1, 2) or top_k > experts:
             raise ConfigError("ffn.top_k", top_k, [1, 2] if experts > 1 else [1],
-                              why=f"top_k must be 1 (Switch) or 2 (GShard) and <= experts")
+                              why="top_k must be 1 (Switch) or 2 (GShard) and <= experts")
         for name, cf in (("capacity_factor", capacity_factor),
                          ("eval_capacity_factor", eval_capacity_factor)):
             if cf is not None and cf <= 0:

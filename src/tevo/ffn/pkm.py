@@ -19,9 +19,11 @@ not position-wise there — ``position_wise`` says which mode is in force. ``que
 layernorm`` (or ``none``) gives a query network that is position-wise in both modes.
 
 Memory values: the paper updates them sparsely with their own Adam (lr 1e-3, §4.2) because a
-dense update of a million rows is slow. ``sparse: true`` makes the value gradients sparse;
-``optimizer_groups()`` returns the values as a separate group so the trainer can give them
-their own (sparse) optimiser, learning rate and no weight decay.
+dense update of a million rows is slow. The values are an embedding table (no weight decay in
+tevo's AdamW groups); ``sparse: true`` makes their gradients sparse, and
+``optimizer_groups()`` returns them as a separate group so that a trainer can give them their
+own (sparse) optimiser and learning rate. With the default ``sparse: false`` the shared AdamW
+trains them densely.
 """
 from __future__ import annotations
 
@@ -66,7 +68,9 @@ class ProductKeyMemory(nn.Module):
                          "layernorm": lambda: nn.LayerNorm(heads * k_dim),
                          "none": nn.Identity}[query_norm]()
         self.keys = nn.Parameter(torch.empty(heads, 2, n_keys, k_dim // 2))   # sub-keys C, C'
-        self.values = nn.EmbeddingBag(n_keys * n_keys, d_model, mode="sum", sparse=sparse)
+        # an nn.Embedding table read with F.embedding_bag: the trainer then treats the values as
+        # an embedding (no weight decay by default), and sparse=True gives sparse gradients
+        self.values = nn.Embedding(n_keys * n_keys, d_model, sparse=sparse)
         self.drop = nn.Dropout(dropout)
         self.init_weights()
 

@@ -21,6 +21,10 @@ WEIGHTS = "model.safetensors"          # as in tevo.train.checkpoint
 HEAD_WEIGHTS = "head.safetensors"      # an extra head kept beside the tevo body (ELECTRA)
 CONFIG = "config.yaml"
 STEP_DIR = "checkpoints/step_00000000"
+TOKENIZER_DIR = "hf_tokenizer"         # the HF tokenizer files, carried along unchanged
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+                   "added_tokens.json", "vocab.json", "merges.txt", "vocab.txt", "spiece.model",
+                   "sentencepiece.bpe.model", "tokenizer.model")
 
 OBJECTIVES = {"gpt": "clm", "bert": "mlm", "transformer": "seq2seq"}
 
@@ -100,6 +104,18 @@ def _weights_file(d: Path) -> Path:
     raise TevoError(f"{d}: no checkpoints/step_*/{WEIGHTS}")
 
 
+def copy_tokenizer(src, dst) -> list[str]:
+    """Copy the Hugging Face tokenizer files of ``src`` (if any) into ``dst``."""
+    import shutil
+    src = Path(src)
+    found = [f for f in TOKENIZER_FILES if (src / f).is_file()]
+    if found:
+        Path(dst).mkdir(parents=True, exist_ok=True)
+        for f in found:
+            shutil.copy2(src / f, Path(dst) / f)
+    return found
+
+
 # -- the command ------------------------------------------------------------------------------
 def _convert(args) -> int:
     from .hf import ConversionError, from_hf, to_hf
@@ -108,6 +124,7 @@ def _convert(args) -> int:
         if args.from_hf:
             model = from_hf(args.from_hf, overrides=args.override, warn=False)
             save_run(model, args.out, source=args.from_hf)
+            copy_tokenizer(args.from_hf, Path(args.out) / TOKENIZER_DIR)
             summary = {"from": args.from_hf, "to": args.out,
                        "model_type": model.hf_conversion["model_type"],
                        "params": sum(p.numel() for p in model.parameters()),
@@ -117,6 +134,7 @@ def _convert(args) -> int:
         else:
             model = load_run(args.to_hf)
             to_hf(model, args.out)
+            copy_tokenizer(Path(args.to_hf) / TOKENIZER_DIR, args.out)
             summary = {"from": args.to_hf, "to": args.out}
             if args.check:
                 summary["check"] = _check(_hf_model(args.out), model)

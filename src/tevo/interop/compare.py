@@ -130,13 +130,22 @@ def greedy_tevo(model: nn.Module, ids: Tensor, mask: Tensor, steps: int) -> Tens
 
 @torch.no_grad()
 def greedy_hf(hf: nn.Module, ids: Tensor, mask: Tensor, steps: int) -> Tensor:
-    pad = hf.config.pad_token_id
-    if pad is None:
-        pad = 0
-    out = hf.generate(input_ids=ids, attention_mask=mask, max_new_tokens=steps,
-                      min_new_tokens=steps, do_sample=False, num_beams=1, pad_token_id=pad,
-                      eos_token_id=None)
-    return out[:, ids.shape[1]:]
+    """Greedy continuation with the transformers model, recomputing the whole context each
+    step with position ids ``cumsum(mask) − 1`` (the reference: no cache, and no reliance on
+    how a given transformers version derives positions inside ``generate``)."""
+    params = inspect.signature(hf.forward).parameters
+    mask = mask.long()
+    out = []
+    for _ in range(steps):
+        kw = {"use_cache": False} if "use_cache" in params else {}
+        if "position_ids" in params:
+            kw["position_ids"] = causal_positions(mask)
+        logits = hf(input_ids=ids, attention_mask=mask, **kw).logits
+        tok = logits[:, -1].argmax(-1, keepdim=True)              # (B, 1)
+        out.append(tok)
+        ids = torch.cat([ids, tok], 1)
+        mask = torch.cat([mask, torch.ones_like(tok)], 1)
+    return torch.cat(out, 1)
 
 
 @torch.no_grad()

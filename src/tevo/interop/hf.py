@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import importlib
 import json
-import math
 import os
 import re
 import warnings
@@ -29,12 +28,12 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..config import ModelConfig, model_config, to_dict
+from ..config import ModelConfig, model_config
 from ..errors import TevoError
 
 # modules holding the families; each registers its converters with ``register`` on import
 FAMILY_MODULES = ("tevo.interop.hf_gpt", "tevo.interop.hf_bert", "tevo.interop.hf_llama",
-                  "tevo.interop.hf_neox", "tevo.interop.hf_t5")
+                  "tevo.interop.hf_neox", "tevo.interop.hf_gptj", "tevo.interop.hf_t5")
 
 
 class ConversionError(TevoError, ValueError):
@@ -270,13 +269,14 @@ def rope_parameters(c) -> dict:
     return out
 
 
+def head_dim_of(c, d: int, heads: int) -> int:
+    hd = getattr(c, "head_dim", None)
+    return int(hd) if hd else d // heads
+
+
 def block_key(i: int, stack: str = "blocks") -> str:
     """tevo key prefix of block i of a stack (``blocks``, ``encoder`` or ``decoder``)."""
     return f"{stack}.blocks.{i}."
-
-
-def split_rows(t: Tensor, sizes: list[int]) -> list[Tensor]:
-    return list(torch.split(t, sizes, dim=0))
 
 
 # --------------------------------------------------------------------------------------------
@@ -428,16 +428,3 @@ def to_hf(model: nn.Module, out_dir, dtype: torch.dtype | None = None) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     hf.save_pretrained(str(out), safe_serialization=True)
     return out
-
-
-def head_dim_of(c, d: int, heads: int) -> int:
-    hd = getattr(c, "head_dim", None)
-    return int(hd) if hd else d // heads
-
-
-def inv_sqrt(x: float) -> float:
-    return 1.0 / math.sqrt(x)
-
-
-def config_dict(cfg: ModelConfig) -> dict:
-    return to_dict(cfg)

@@ -216,8 +216,9 @@ class DistilBERT(HFFamily):
         return data
 
     def weights(self, c, w: Weights, cfg: ModelConfig) -> dict[str, Tensor]:
-        sd: dict[str, Tensor] = {"embed.weight": w.take("embeddings.word_embeddings.weight"),
-                                 "pos.table.weight": w.take("embeddings.position_embeddings.weight")}
+        sd: dict[str, Tensor] = {
+            "embed.weight": w.take("embeddings.word_embeddings.weight"),
+            "pos.table.weight": w.take("embeddings.position_embeddings.weight")}
         linear(w, "embeddings.LayerNorm", "emb_norm", sd)
         w.drop(r"embeddings\.position_ids")
         for i in range(c.n_layers):

@@ -232,3 +232,60 @@ class OpenAIGPT(HFFamily):
             sd.update(_gpt_block(w, i, c.n_embd, ("ln_1", "ln_2")))
         _head(c, w, sd, "tokens_embed.weight")
         return sd
+
+
+@register
+class OPT(HFFamily):
+    """OPT (Zhang et al., 2022): GPT-2-like with ReLU, pre-LN (post-LN for opt-350m) and a
+    position table offset by 2 (fairseq); positions count real tokens, as tevo's do, so tevo's
+    table is OPT's sliced from row 2."""
+
+    model_types = ("opt",)
+    prefixes = ("model.decoder.", "decoder.")
+    OFFSET = 2
+
+    def config(self, c) -> dict:
+        require(c, "word_embed_proj_dim", c.hidden_size,
+                why="project_in/project_out around the decoder have no tevo counterpart")
+        require(c, "layer_norm_elementwise_affine", True, default=True)
+        pre = bool(c.do_layer_norm_before)
+        if pre:
+            require(c, "_remove_final_layer_norm", False, default=False)
+        act = activation(c.model_type, "activation_function", c.activation_function)
+        bias = bool(getattr(c, "enable_bias", True))
+        return {
+            "arch": "gpt", "vocab_size": c.vocab_size, "d_model": c.hidden_size,
+            "n_layers": c.num_hidden_layers, "max_len": c.max_position_embeddings,
+            "mixer": {"name": "softmax", "heads": c.num_attention_heads, "bias": bias},
+            "ffn": {"name": "mlp", "d_ff": c.ffn_dim, "activation": act, "bias": bias},
+            "norm": "layernorm", "residual": "pre_ln" if pre else "post_ln",
+            "position": {"name": "learned", "max_len": c.max_position_embeddings},
+            "dropout": float(c.dropout),
+            "tie_embeddings": bool(getattr(c, "tie_word_embeddings", True)),
+            "pad_id": c.pad_token_id, "extra": {"hf": {"model_type": c.model_type,
+                                                      **_hf_tokens(c)}},
+        }
+
+    def weights(self, c, w: Weights, cfg: ModelConfig) -> dict[str, Tensor]:
+        sd = {"embed.weight": w.take("embed_tokens.weight"),
+              "pos.table.weight": w.take("embed_positions.weight")[self.OFFSET:]}
+        for i in range(c.num_hidden_layers):
+            h, t = f"layers.{i}.", block_key(i)
+            for a, b in (("q_proj", "q_proj"), ("k_proj", "k_proj"), ("v_proj", "v_proj"),
+                         ("out_proj", "o_proj")):
+                sd.update(_linear(w, f"{h}self_attn.{a}", f"{t}sublayers.0.{b}"))
+            sd.update(_linear(w, f"{h}fc1", f"{t}sublayers.1.fc1"))
+            sd.update(_linear(w, f"{h}fc2", f"{t}sublayers.1.fc2"))
+            sd.update(layernorm(w, f"{h}self_attn_layer_norm", f"{t}residuals.0.norm"))
+            sd.update(layernorm(w, f"{h}final_layer_norm", f"{t}residuals.1.norm"))
+        if c.do_layer_norm_before:
+            sd.update(layernorm(w, "final_layer_norm", "norm"))
+        _head(c, w, sd, "embed_tokens.weight")
+        return sd
+
+
+def _linear(w: Weights, hf: str, tevo: str) -> dict[str, Tensor]:
+    out = {f"{tevo}.weight": w.take(f"{hf}.weight")}
+    if f"{hf}.bias" in w:
+        out[f"{tevo}.bias"] = w.take(f"{hf}.bias")
+    return out

@@ -39,22 +39,22 @@ def linear(w: Weights, hf: str, tevo: str, sd: dict) -> None:
 
 
 def sliding_window_mixer(c, mixer: dict, window) -> dict:
-    """The mixer spec for a sliding window of ``window`` keys (the query and window−1 before)."""
+    """The ``local`` mixer spec for a sliding window of ``window`` keys: query i sees keys j
+    with 0 ≤ i − j < window, as in transformers' sliding-window mask."""
     if window is None:
         return mixer
     if "local" not in MIXERS:
         raise UnsupportedHFOption(c.model_type, "sliding_window", window,
                                   why="waits for tevo's sliding-window attention mixer 'local'; "
                                       "set sliding_window=None for full attention")
-    return local_spec(mixer, int(window))
-
-
-def local_spec(mixer: dict, window: int) -> dict:
-    """``local`` mixer spec with HF's window semantics: query i sees keys j with i − j < W."""
     from ..registry import accepted_kwargs
-    acc = accepted_kwargs(MIXERS.get("local").obj) or set()
-    spec = {**mixer, "name": "local", "window": window}
-    return {k: v for k, v in spec.items() if k == "name" or k in acc or not acc}
+    spec = {**mixer, "name": "local", "window": int(window)}
+    acc = accepted_kwargs(MIXERS.get("local").obj)
+    bad = sorted(k for k in spec if k != "name" and acc is not None and k not in acc)
+    if bad:
+        raise UnsupportedHFOption(c.model_type, "sliding_window", window,
+                                  why=f"tevo's 'local' mixer has no option {', '.join(bad)}")
+    return spec
 
 
 class LlamaLike(HFFamily):
@@ -144,11 +144,13 @@ class Llama(LlamaLike):
                 p.append("rope layout must be 'half'")
             if pkw.get("scaling") not in (None, "none", "linear"):
                 p.append(f"rope scaling {pkw.get('scaling')!r}")
-            if pkw.get("rotary_dim") not in (None, 1.0):
-                p.append("partial rotary (rotary_dim)")
         mname, mkw = split_spec(cfg.mixer, "mixer")
-        if mname != "softmax":
-            p.append(f"mixer {mname!r} (needs softmax)")
+        heads = int(mkw.get("heads", 4))
+        hd = int(mkw.get("head_dim") or cfg.d_model // heads)
+        if pname == "rope" and pkw.get("rotary_dim") not in (None, 1.0, hd):
+            p.append("partial rotary (rotary_dim)")
+        if mname not in ("softmax", "gqa", "mqa"):
+            p.append(f"mixer {mname!r} (needs softmax, gqa or mqa)")
         if mkw.get("scale") is not None:
             p.append("a custom attention scale")
         if mkw.get("out_bias") is not None and mkw.get("out_bias") != mkw.get("bias", True):
@@ -170,12 +172,11 @@ class Llama(LlamaLike):
 
     def export_config(self, cfg: ModelConfig, model):
         from transformers import LlamaConfig
-        _, mkw = split_spec(cfg.mixer, "mixer")
         fname, fkw = split_spec(cfg.ffn, "ffn")
         _, nkw = split_spec(cfg.norm, "norm")
         _, pkw = split_spec(cfg.position, "position")
-        heads = int(mkw.get("heads", 4))
-        hd = int(mkw.get("head_dim") or cfg.d_model // heads)
+        attn = model.blocks.blocks[0].sublayers[0]             # dimensions as built
+        ffn = model.blocks.blocks[0].sublayers[1]
         act = {"swiglu": "silu", "geglu": "gelu", "reglu": "relu"}.get(
             fname, fkw.get("activation", "sigmoid"))
         rp = {"rope_type": "default", "rope_theta": float(pkw.get("base", 10000.0))}
@@ -184,17 +185,19 @@ class Llama(LlamaLike):
         toks = dict((cfg.extra or {}).get("hf", {}))
         toks = {k: toks.get(k) for k in ("bos_token_id", "eos_token_id", "pad_token_id")}
         return LlamaConfig(
-            vocab_size=cfg.vocab_size, hidden_size=cfg.d_model, intermediate_size=int(model.blocks.blocks[0].sublayers[1].up_proj.out_features),
-            num_hidden_layers=cfg.n_layers, num_attention_heads=heads,
-            num_key_value_heads=int(mkw.get("kv_heads") or heads), head_dim=hd,
-            hidden_act=ACTIVATIONS_BACK[act], max_position_embeddings=cfg.max_len,
-            rms_norm_eps=float(nkw.get("eps", 1e-6)), tie_word_embeddings=bool(cfg.tie_embeddings),
-            rope_parameters=rp, attention_bias=bool(mkw.get("bias", True)),
-            mlp_bias=bool(fkw.get("bias", False)), attention_dropout=cfg.dropout, **toks)
+            vocab_size=cfg.vocab_size, hidden_size=cfg.d_model,
+            intermediate_size=int(ffn.up_proj.out_features), num_hidden_layers=cfg.n_layers,
+            num_attention_heads=attn.heads, num_key_value_heads=attn.kv_heads,
+            head_dim=attn.head_dim, hidden_act=ACTIVATIONS_BACK[act],
+            max_position_embeddings=cfg.max_len, rms_norm_eps=float(nkw.get("eps", 1e-6)),
+            tie_word_embeddings=bool(cfg.tie_embeddings), rope_parameters=rp,
+            attention_bias=attn.q_proj.bias is not None, mlp_bias=ffn.up_proj.bias is not None,
+            attention_dropout=cfg.dropout, **toks)
 
     def export_weights(self, model, cfg: ModelConfig) -> dict[str, Tensor]:
         own = model.state_dict()
-        sd = {"model.embed_tokens.weight": own["embed.weight"], "model.norm.weight": own["norm.weight"]}
+        sd = {"model.embed_tokens.weight": own["embed.weight"],
+              "model.norm.weight": own["norm.weight"]}
         for i in range(cfg.n_layers):
             t, h = block_key(i), f"model.layers.{i}."
             for hf_name, tv in (("self_attn.q_proj", "sublayers.0.q_proj"),

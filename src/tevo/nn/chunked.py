@@ -51,6 +51,11 @@ def fp32_region(device_type: str):
         yield
 
 
+def upcast(t: Tensor) -> Tensor:
+    """fp16/bf16 → fp32 (states accumulate in fp32); fp32 and fp64 are kept as they are."""
+    return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
+
+
 def safe_denominator(den: Tensor, eps: float) -> Tensor:
     """Keep |den| ≥ eps with its sign (0 counts as positive): guards normalised linear attention
     against division by zero, also for feature maps that are not positive (random Fourier)."""
@@ -226,6 +231,7 @@ def cumulative_softmax_average(logits: Tensor, values: Tensor, *, causal: bool =
         values = values * mask.view(*mask.shape, *([1] * (values.dim() - 2))).to(values.dtype)
     if logits.dim() != values.dim():
         raise ValueError("logits and values need the same number of dims (use size-1 dims)")
+    values = values.expand(torch.broadcast_shapes(logits.shape, values.shape))
     past = state is not None and "L" in state
     if past:                                    # the history as one virtual first token
         logits = torch.cat([state["L"].unsqueeze(1), logits], 1)
@@ -256,7 +262,7 @@ def cumulative_softmax_average(logits: Tensor, values: Tensor, *, causal: bool =
         for t in range(logits.shape[1]):
             lt, vt = logits[:, t], values[:, t]
             if Lt is None:
-                Lt, yt = lt, vt * 1.0
+                Lt, yt = lt, vt
             else:
                 Ln = torch.logaddexp(Lt, lt)
                 yt = (Lt - Ln).exp() * yt + (lt - Ln).exp() * vt

@@ -1,15 +1,15 @@
 """Complex-order embeddings: each word is a wave whose phase advances with its position.
 
 Paper: Encoding Word Order in Complex Embeddings (Wang, Zhao, Lioma, Li, Zhang & Simonsen,
-ICLR 2020), eq. 6:
+ICLR 2020):
     f(j, pos) = r_j ⊙ exp(i (ω_j · pos + θ_j)),
 amplitude r_j, frequency ω_j and initial phase θ_j are word-dependent vectors. A shift by k is a
 position-independent linear map, f(j, pos + k) = f(j, pos) ⊙ exp(i ω_j k) (the paper's
 "position-free offset transformation"), and |f(j, pos)| = r_j whatever the position.
 tevo's input hook receives the token embedding x_j (not the ids), so the three word tables are
-realised as linear maps of it, r = x W_r, ω = x̂ W_ω, θ = x̂ W_θ with x̂ = x/rms(x) (per-word
-by construction: a factorised version of the paper's three embedding tables), with D = d/2 complex channels
-returned as the real vector [Re f, Im f] of size d (the real view of the complex embedding).
+realised as linear maps of it, r = x W_r, ω = x̂ W_ω, θ = x̂ W_θ with x̂ = x/rms(x)
+(per-word by construction: a factorised version of the paper's three embedding tables), with
+D = d/2 complex channels returned as the real vector [Re f, Im f] of size d (the real view of the complex embedding).
 Complexity: time O(n d²), memory O(n d); parameters 3·d·d/2.
 """
 from __future__ import annotations
@@ -26,7 +26,7 @@ from .base import PositionEncoding
 
 @POSITIONS.register(
     "complex_order", paper="Encoding Word Order in Complex Embeddings (Wang et al., 2020)",
-    equation="eq. 6: f(j, pos) = r_j ⊙ exp(i(ω_j pos + θ_j)), returned as [Re f, Im f]",
+    equation="f(j, pos) = r_j ⊙ exp(i(ω_j pos + θ_j)), returned as [Re f, Im f]",
     complexity=("O(n d²)", "O(n d)"),
     test="tests/papers/test_positions_complex_order.py::"
          "test_complex_order_shift_is_a_position_free_rotation",

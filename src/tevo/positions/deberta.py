@@ -63,11 +63,12 @@ class DebertaRelative(PositionEncoding):
         if buckets and max_relative <= buckets // 2 + 1:
             raise ConfigError("position.max_relative", max_relative,
                               why=f"must exceed buckets/2 + 1 = {buckets // 2 + 1}")
-        self.heads, self.head_dim, self.buckets, self.max_relative = heads, head_dim, buckets, max_relative
+        self.heads, self.head_dim = heads, head_dim
+        self.buckets, self.max_relative = buckets, max_relative
         self.span = buckets if buckets > 0 else max_relative
         self.scale = 1.0 / math.sqrt(3 * head_dim) if scale is None else float(scale)
         self.rel_embeddings = nn.Embedding(2 * self.span, d_model)                  # P
-        self.norm = nn.LayerNorm(d_model) if norm else None                         # v2 norm_rel_ebd
+        self.norm = nn.LayerNorm(d_model) if norm else None                # v2 norm_rel_ebd
         self.pos_key_proj = nn.Linear(d_model, heads * head_dim)                    # W_{k,r}
         self.pos_query_proj = nn.Linear(d_model, heads * head_dim)                  # W_{q,r}
 

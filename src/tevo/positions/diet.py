@@ -1,7 +1,7 @@
 """DIET: decoupled positional attention, added per head to the token attention scores.
 
 Paper: A Simple and Effective Positional Encoding for Transformers (Chen, Tsai, Bhojanapalli,
-Chung, Chang & Ferng, 2021), §4:
+Chung, Chang & Ferng, 2021):
     DIET-ABS:  A^h_ij = (x_i W^Q_h)(x_j W^K_h)^T/√d + (P^Q_h)_i · (P^K_h)_j,
                P^Q_h, P^K_h ∈ R^{L×d_p}: low-rank learned absolute position embeddings per head;
     DIET-REL:  A^h_ij = (x_i W^Q_h)(x_j W^K_h)^T/√d + r^h_{clip(j - i)},
@@ -28,7 +28,7 @@ VARIANTS = ("abs", "rel")
 @POSITIONS.register(
     "diet", paper="A Simple and Effective Positional Encoding for Transformers (DIET; Chen et "
                   "al., 2021)",
-    equation="§4: DIET-ABS A_ij += (P^Q_h)_i·(P^K_h)_j (rank d_p per head); DIET-REL "
+    equation="DIET-ABS A_ij += (P^Q_h)_i·(P^K_h)_j (rank d_p per head); DIET-REL "
              "A_ij += r^h_{clip(j-i)}",
     complexity=("O(n² d_p)", "O(n²)"),
     test="tests/papers/test_positions_diet.py::test_diet_abs_and_rel_equal_their_definitions",

@@ -1,7 +1,7 @@
 """KERPLE: kernelized relative positional embedding with conditionally positive definite kernels.
 
 Paper: KERPLE: Kernelized Relative Positional Embedding for Length Extrapolation (Chi et al.,
-2022), §4 eq. 9-10 (reference: chijames/KERPLE ``ParallelKerplePower``/``ParallelKerpleLog``):
+2022) (reference: chijames/KERPLE ``ParallelKerplePower``/``ParallelKerpleLog``):
     power:  score_h(m, n) += -r1_h · |m - n|^{r2_h},         r1 > 0, 0 < r2 ≤ 2
     log:    score_h(m, n) += -r1_h · log(1 + r2_h · |m - n|), r1, r2 > 0
 Both are conditionally positive definite (CPD) for those ranges, which is what makes them valid
@@ -14,8 +14,6 @@ r2 ~ U(0, 1) for log (bias_p, bias_a), floored at eps = 0.01.
 Complexity: time O(n²) per head, memory O(n²); parameters 2·h.
 """
 from __future__ import annotations
-
-import math
 
 import torch
 import torch.nn.functional as F

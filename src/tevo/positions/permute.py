@@ -1,6 +1,6 @@
 """PermuteFormer: relative position encoding for linear attention by feature permutation.
 
-Paper: PermuteFormer: Efficient Relative Position Encoding for Long Sequences (Chen, 2021), §3
+Paper: PermuteFormer: Efficient Relative Position Encoding for Long Sequences (Chen, 2021)
 (reference cpcp1998/PermuteFormer, ``expand_permutation``):
     φ(q_i) -> P_π^i φ(q_i),   φ(k_j) -> P_π^j φ(k_j),
 with π a fixed random permutation of the feature dimension per head. Permutation matrices are
@@ -61,7 +61,7 @@ def cycle_tables(perm: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
 @POSITIONS.register(
     "permute", paper="PermuteFormer: Efficient Relative Position Encoding for Long Sequences "
                      "(Chen, 2021)",
-    equation="§3: φ(q_i) -> P_π^i φ(q_i), φ(k_j) -> P_π^j φ(k_j); "
+    equation="φ(q_i) -> P_π^i φ(q_i), φ(k_j) -> P_π^j φ(k_j); "
              "(P^i a)·(P^j b) = a·P^{j-i} b",
     complexity=("O(n m)", "O(n m)"),
     test="tests/papers/test_positions_permute.py::test_permute_matches_reference_and_is_relative",
@@ -97,7 +97,8 @@ class PermutePosition(PositionEncoding):
         if fk.shape[-1] != m or h % h_kv:
             raise ConfigError("position", "permute",
                               why=f"query/key features must share their size and heads must be a "
-                                  f"multiple of key heads, got {tuple(fq.shape)} and {tuple(fk.shape)}")
+                                  f"multiple of key heads, got {tuple(fq.shape)} and "
+                                  f"{tuple(fk.shape)}")
         if q_pos.numel() and int(torch.minimum(q_pos.min(), k_pos.min())) < 0:
             raise ConfigError("position", "permute", why="positions must be >= 0")
         ik = self.power_index(h_kv, m, k_pos)                             # (B, h_kv, n_k, m)

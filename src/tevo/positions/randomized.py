@@ -1,7 +1,7 @@
 """Randomized positional encodings: train on positions sampled from a longer range.
 
 Paper: Randomized Positional Encodings Boost Length Generalization of Transformers (Ruoss et
-al., 2023), §3: for a training sequence of length n, draw n distinct positions uniformly from
+al., 2023): for a training sequence of length n, draw n distinct positions uniformly from
 {0, …, L-1} (L ≫ n, larger than any test length), sort them, and give them to any position
 encoding in place of 0..n-1; at evaluation use the plain positions 0..n-1 (as specified for
 tevo) so decoding stays deterministic. The encoding that receives the positions is ``base``
@@ -26,7 +26,7 @@ from .base import PositionEncoding
 @POSITIONS.register(
     "randomized", paper="Randomized Positional Encodings Boost Length Generalization of "
                         "Transformers (Ruoss et al., 2023)",
-    equation="§3: training positions = sort(sample_without_replacement({0..L-1}, n)); "
+    equation="training positions = sort(sample_without_replacement({0..L-1}, n)); "
              "evaluation positions = 0..n-1",
     complexity=("O(L log L) + base", "O(L) + base"),
     test="tests/papers/test_positions_randomized.py::"
@@ -57,7 +57,7 @@ class RandomizedPosition(PositionEncoding):
                                                          f"{sorted(extra)}")
         self.hooks = frozenset({"input"}) | self.base.hooks
         self.translation_invariant = getattr(self.base, "translation_invariant", False)
-        self.max_len = self.max_position
+        self.max_len = getattr(self.base, "max_len", None)     # a table limit, if the base has one
         self._sample: Tensor | None = None
 
     def draw(self, positions: Tensor) -> Tensor:

@@ -1,6 +1,6 @@
 """Rotary position embedding (RoPE) and its context-extension scalings.
 
-Paper: RoFormer: Enhanced Transformer with Rotary Position Embedding (Su et al., 2021), eq. 34:
+Paper: RoFormer: Enhanced Transformer with Rotary Position Embedding (Su et al., 2021), §3:
     f(x, m) = R^d_{Θ,m} x,  R = blockdiag over i of [[cos mθ_i, -sin mθ_i], [sin mθ_i, cos mθ_i]],
     θ_i = base^{-2i/d},  so that  f(q, m)·f(k, n) = q^T R_{Θ, n-m} k  depends only on n - m.
 Layouts: ``interleaved`` rotates the pairs (x_{2i}, x_{2i+1}) (RoFormer, GPT-J); ``half`` rotates
@@ -59,7 +59,7 @@ def resolve_rotary_dim(head_dim: int, rotary_dim) -> int:
 @POSITIONS.register(
     "rope", paper="RoFormer: Enhanced Transformer with Rotary Position Embedding (Su et al., "
                   "2021); Position Interpolation (Chen et al., 2023); NTK-aware scaling (2023)",
-    equation="eq. 34: q_m -> R_{Θ,m} q_m, k_n -> R_{Θ,n} k_n, θ_i = base^{-2i/d}; "
+    equation="q_m -> R_{Θ,m} q_m, k_n -> R_{Θ,n} k_n, θ_i = base^{-2i/d}; "
              "linear: m -> m/s; ntk: base -> base·s^{d/(d-2)}",
     complexity=("O(n d)", "O(n d)"),
     test="tests/papers/test_positions_rope.py::test_rope_half_matches_hf_llama_rotary",
@@ -82,21 +82,38 @@ class RotaryPosition(PositionEncoding):
             raise ConfigError("position.factor", factor, why="the scaling factor must be >= 1")
         if float(base) <= 1.0:
             raise ConfigError("position.base", base, why="the RoPE base must be > 1")
-        self.head_dim, self.layout, self.scaling, self.factor = head_dim, layout, scaling, float(factor)
+        self.head_dim, self.layout, self.scaling = head_dim, layout, scaling
+        self.base, self.factor, self.rotary_spec = float(base), float(factor), rotary_dim
         self.rotary_dim = resolve_rotary_dim(head_dim, rotary_dim)
-        d = self.rotary_dim
-        self.base = float(base)
-        eff_base = self.base * self.factor ** (d / (d - 2)) if scaling == "ntk" and d > 2 else self.base
-        inv_freq = 1.0 / eff_base ** (torch.arange(0, d, 2, dtype=torch.float64) / d)   # (d/2,)
-        self.register_buffer("inv_freq", inv_freq.float(), persistent=False)
+        self.register_buffer("inv_freq", self.frequencies(self.rotary_dim), persistent=False)
+        self._other_dims: dict = {}
+
+    def frequencies(self, d: int) -> Tensor:
+        """θ_i = base'^{-2i/d} for i < d/2 (base' = base·s^{d/(d-2)} with NTK scaling)."""
+        base = self.base
+        if self.scaling == "ntk" and d > 2:
+            base = base * self.factor ** (d / (d - 2))
+        return (1.0 / base ** (torch.arange(0, d, 2, dtype=torch.float64) / d)).float()
+
+    def dims(self, e: int, device) -> tuple[int, Tensor]:
+        """(rotary_dim, θ) for heads of size e: head_dim as configured; a mixer whose q/k have
+        another size (e.g. GAU's shared qk) gets the same settings resolved for that size."""
+        if e == self.head_dim:
+            return self.rotary_dim, self.inv_freq.to(device)
+        if e not in self._other_dims:
+            r = resolve_rotary_dim(e, self.rotary_spec)
+            self._other_dims[e] = (r, self.frequencies(r))
+        r, f = self._other_dims[e]
+        return r, f.to(device)
 
     # -- pieces reused by xpos / rope_bias ----------------------------------------------------
-    def angles(self, positions: Tensor) -> Tensor:
+    def angles(self, positions: Tensor, inv_freq: Tensor | None = None) -> Tensor:
         """(B, n) positions -> (B, n, d/2) rotation angles m·θ_i (fp32)."""
         pos = positions.float()
         if self.scaling == "linear":
             pos = pos / self.factor
-        return pos.unsqueeze(-1) * self.inv_freq.to(positions.device)
+        f = self.inv_freq if inv_freq is None else inv_freq
+        return pos.unsqueeze(-1) * f.to(positions.device)
 
     def expand(self, t: Tensor) -> Tensor:
         """(…, d/2) per-frequency values -> (…, d) laid out like the rotated channels."""
@@ -107,26 +124,20 @@ class RotaryPosition(PositionEncoding):
     def _rot(self, x: Tensor) -> Tensor:
         return rotate_half(x) if self.layout == "half" else rotate_every_two(x)
 
-    def apply(self, x: Tensor, positions: Tensor, scale: Tensor | None = None) -> Tensor:
-        """Rotate x (B, h, n, e) at positions (B, n); optional per-frequency scale (B, n, d/2)."""
-        ang = self.angles(positions)                                   # (B, n, d/2)
+    def apply(self, x: Tensor, positions: Tensor, scale=None) -> Tensor:
+        """Rotate x (B, h, n, e) at positions (B, n). ``scale``: optional callable
+        rotary_dim -> per-frequency factors (B, n, d/2) (xPos)."""
+        d, inv_freq = self.dims(x.shape[-1], x.device)
+        ang = self.angles(positions, inv_freq)                         # (B, n, d/2)
         cos = self.expand(ang.cos()).unsqueeze(1)                      # (B, 1, n, d)
         sin = self.expand(ang.sin()).unsqueeze(1)
         if scale is not None:
-            s = self.expand(scale).unsqueeze(1)
+            s = self.expand(scale(d)).unsqueeze(1)
             cos, sin = cos * s, sin * s
-        d = self.rotary_dim
         x_rot, x_pass = x[..., :d], x[..., d:]
         xf = x_rot.float()
         out = (xf * cos + self._rot(xf) * sin).to(x.dtype)
         return out if x_pass.shape[-1] == 0 else torch.cat([out, x_pass], dim=-1)
 
-    def _check(self, q: Tensor) -> None:
-        if q.shape[-1] != self.head_dim:
-            raise ConfigError("position.head_dim", q.shape[-1],
-                              why=f"rope was built for head_dim={self.head_dim}, the mixer "
-                                  f"gives {q.shape[-1]}")
-
     def rotate(self, q: Tensor, k: Tensor, q_pos: Tensor, k_pos: Tensor):
-        self._check(q)
         return self.apply(q, q_pos), self.apply(k, k_pos)

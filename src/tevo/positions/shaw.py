@@ -7,7 +7,7 @@ with 2k + 1 learned vectors of size d_z shared by all heads (§3.2).
 The score term q_i·a^K_ij / √d_z is returned through the ``bias`` hook, computed as one
 (n_q × (2k+1)) product and a gather: O(n (2k+1) e + n²) instead of materialising a_ij.
 Not implemented: the value term z_i += Σ_j α_ij a^V_ij (eq. 3) needs the attention weights,
-which the score-bias hook never sees (the paper ablates the key and value terms separately, §4.3).
+which the score-bias hook never sees (it would need a value hook in the mixer).
 Complexity: time O(n k e + n²), memory O(n k + n²); parameters (2k+1)·e.
 """
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """SPE: stochastic positional encoding, relative position inside linear (kernel) attention.
 
 Paper: Relative Positional Encoding for Transformers with Linear Complexity (Liutkus, Cífka, Wu,
-Şimşekli, Yang & Richard, ICML 2021), convolutional SPE (§3.2, reference aliutkus/spe
+Şimşekli, Yang & Richard, ICML 2021), convolutional SPE (reference aliutkus/spe
 ``ConvSPE`` + ``SPEFilter``); the same goal as Luo et al. 2021 (kernelized attention with RPE
 via FFT/Toeplitz products) and Horn et al. 2021, reached without leaving the O(n) form:
     Q̄_d = Z_d * f^Q_d,  K̄_d = Z_d * f^K_d   (Z_d: R independent white-noise sequences),
@@ -76,7 +76,7 @@ def causal_conv_fft(z: Tensor, f: Tensor) -> Tensor:
                  "Liutkus et al., 2021); Stable, Fast and Accurate: Kernelized Attention with "
                  "RPE (Luo et al., 2021); Translational Equivariance in Kernelizable Attention "
                  "(Horn et al., 2021)",
-    equation="§3.2: Q̄ = Z*f^Q, K̄ = Z*f^K (FFT), q̂_i = Σ_d Q̄_d(i) q_id, "
+    equation="convSPE: Q̄ = Z*f^Q, K̄ = Z*f^K (FFT), q̂_i = Σ_d Q̄_d(i) q_id, "
              "E[q̂_i·k̂_j] = Σ_d q_id k_jd P_d(j-i)",
     complexity=("O(R C n log n)", "O(R C n)"),
     test="tests/papers/test_positions_spe.py::test_spe_codes_equal_explicit_toeplitz_product",

@@ -1,6 +1,6 @@
 """Swin Transformer V2 log-spaced continuous position bias (CPB).
 
-Paper: Swin Transformer V2: Scaling Up Capacity and Resolution (Liu et al., 2022), §3.3 eq. 3-4:
+Paper: Swin Transformer V2: Scaling Up Capacity and Resolution (Liu et al., 2022):
     B(Δx, Δy) = G(Δ̂x, Δ̂y),   Δ̂ = sign(Δ) · log2(1 + |8Δ/(W-1)|) / log2(8),
 G a 2-layer MLP (2 → hidden → heads, ReLU), and the bias 16·sigmoid(G) (the released model).
 The MLP is evaluated once per distinct offset and gathered, so it is continuous in the offset
@@ -35,7 +35,7 @@ def log_spaced(delta: Tensor, extent: float) -> Tensor:
 
 @POSITIONS.register(
     "swin_cpb", paper="Swin Transformer V2: Scaling Up Capacity and Resolution (Liu et al., 2022)",
-    equation="eq. 3-4: B(Δx,Δy) = 16·σ(MLP(sign(Δ)·log2(1+|8Δ/(W-1)|)/3))",
+    equation="B(Δx,Δy) = 16·σ(MLP(sign(Δ)·log2(1+|8Δ/(W-1)|)/3))",
     complexity=("O(n² h)", "O(n² h)"),
     test="tests/papers/test_positions_swin_cpb.py::test_swin_cpb_matches_hf_swinv2_bias",
     tiny={"hidden": 16})
@@ -58,7 +58,8 @@ class SwinContinuousBias(PositionEncoding):
         if len(window) != 2:
             raise ConfigError("position.window", window, why="expected an int or [height, width]")
         self.window = [int(w) for w in window]
-        self.mlp = nn.Sequential(nn.Linear(2, hidden), nn.ReLU(), nn.Linear(hidden, heads, bias=False))
+        self.mlp = nn.Sequential(nn.Linear(2, hidden), nn.ReLU(),
+                                 nn.Linear(hidden, heads, bias=False))
 
     def coords(self, pos: Tensor) -> tuple[Tensor, Tensor]:
         if self.width is None:

@@ -51,7 +51,8 @@ def t5_bucket(relative_position: Tensor, bidirectional: bool = True, num_buckets
     equation="§2.1: score_h(i,j) += b_h[bucket(j - i)], exact buckets below num_buckets/4 "
              "(bidirectional), log-spaced up to max_distance",
     complexity=("O(n²)", "O(n²)"),
-    test="tests/papers/test_positions_t5_bias.py::test_t5_buckets_match_hf_bidirectional_and_causal",
+    test="tests/papers/test_positions_t5_bias.py::"
+         "test_t5_buckets_match_hf_bidirectional_and_causal",
     tiny={"num_buckets": 8, "max_distance": 16})
 class T5RelativeBias(PositionEncoding):
     """Learned per-head scalar bias of the bucketed relative distance (T5)."""

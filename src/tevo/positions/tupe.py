@@ -1,11 +1,11 @@
 """TUPE: untied positional encoding, with the [CLS] position reset and optional relative bias.
 
-Paper: Rethinking Positional Encoding in Language Pre-training (Ke, He & Liu, 2021), eq. 6-8;
+Paper: Rethinking Positional Encoding in Language Pre-training (Ke, He & Liu, 2021);
 reference guolinke/TUPE ``TransformerSentenceEncoder``:
     α_ij = (x_i W^Q)(x_j W^K)^T/√(2d)  +  (p_i U^Q)(p_j U^K)^T/√(2d)  [+ b_{j-i}  (TUPE-R)]
 Positions never enter the token stream (untied): the second term is a per-head score computed
 from LayerNorm'ed absolute position embeddings p with their own projections, once per forward
-and shared by every layer (as in the reference). [CLS] reset (eq. 8): the position term of
+and shared by every layer (as in the reference). [CLS] reset: the position term of
 pairs involving the first token is replaced by learned per-head scalars θ_1 ([CLS] → others,
 row 0) and θ_2 (others → [CLS], column 0); as in the reference, θ_1 and θ_2 are the
 self-correlations of two extra rows of the position table. ``relative=True`` adds TUPE-R's
@@ -15,8 +15,6 @@ Scaling: the position term carries 1/√(2·d_head); for the paper's content sca
 Complexity: time O(n² e) for the position term, memory O(n²); parameters (L+1)·d + 2d² + 2d.
 """
 from __future__ import annotations
-
-import math
 
 import torch
 from torch import Tensor, nn
@@ -29,7 +27,7 @@ from .t5_bias import t5_bucket
 
 @POSITIONS.register(
     "tupe", paper="Rethinking Positional Encoding in Language Pre-training (TUPE; Ke et al., 2021)",
-    equation="eq. 6-8: α_ij = content/√2d + (p_i U^Q)(p_j U^K)^T/√2d, [CLS] row/column reset "
+    equation="α_ij = content/√2d + (p_i U^Q)(p_j U^K)^T/√2d, [CLS] row/column reset "
              "to θ_1/θ_2; TUPE-R adds b_{bucket(j-i)}",
     complexity=("O(n² e)", "O(n²)"),
     test="tests/papers/test_positions_tupe.py::test_tupe_matches_reference_abs_pos_bias",

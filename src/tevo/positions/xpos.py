@@ -1,6 +1,6 @@
 """xPos: RoPE with an exponential decay that makes far-away scores smaller.
 
-Paper: A Length-Extrapolatable Transformer (Sun et al., 2022), §3.2 eq. 9 (the "length
+Paper: A Length-Extrapolatable Transformer (Sun et al., 2022) (the "length
 extrapolation" posts discuss it as RoPE + decay):
     f_q(q, n) = ζ^{n/γ_s} ⊙ R_{Θ,n} q,   f_k(k, m) = ζ^{-m/γ_s} ⊙ R_{Θ,m} k,
     ζ_i = (2i/d + γ) / (1 + γ),  γ = 0.4,  γ_s = scale_base = 512,
@@ -23,7 +23,7 @@ from .rope import RotaryPosition
 
 @POSITIONS.register(
     "xpos", paper="A Length-Extrapolatable Transformer (Sun et al., 2022)",
-    equation="eq. 9: q_n -> ζ^{n/γ_s} R_n q_n, k_m -> ζ^{-m/γ_s} R_m k_m, "
+    equation="q_n -> ζ^{n/γ_s} R_n q_n, k_m -> ζ^{-m/γ_s} R_m k_m, "
              "ζ_i = (2i/d + 0.4)/1.4",
     complexity=("O(n d)", "O(n d)"),
     test="tests/papers/test_positions_xpos.py::test_xpos_scores_match_torchscale_reference",
@@ -42,18 +42,20 @@ class XPosPosition(RotaryPosition):
             raise ConfigError("position.scale_base", scale_base, why="must be > 0")
         if float(gamma) < 0:
             raise ConfigError("position.gamma", gamma, why="must be >= 0")
-        d = self.rotary_dim
-        zeta = (torch.arange(0, d, 2, dtype=torch.float32) + gamma * d) / ((1.0 + gamma) * d)
-        self.register_buffer("log_zeta", zeta.log(), persistent=False)      # (d/2,), < 0
+        self.gamma = float(gamma)
         self.scale_base = float(scale_base)
         self.center = max_len // 2 if center is None else int(center)
 
-    def decay(self, positions: Tensor, sign: float) -> Tensor:
-        """ζ^{sign·(pos - center)/scale_base}: (B, n) -> (B, n, d/2), fp32."""
-        p = (positions.float() - self.center).unsqueeze(-1) / self.scale_base
-        return torch.exp(sign * p * self.log_zeta.to(positions.device))
+    def decay(self, positions: Tensor, sign: float):
+        """rotary_dim d -> ζ^{sign·(pos - center)/scale_base}: (B, n, d/2), fp32, with
+        ζ_i = (2i/d + γ)/(1 + γ)."""
+        def scale(d: int) -> Tensor:
+            i2 = torch.arange(0, d, 2, dtype=torch.float32, device=positions.device)
+            log_zeta = torch.log((i2 + self.gamma * d) / ((1.0 + self.gamma) * d))   # < 0
+            p = (positions.float() - self.center).unsqueeze(-1) / self.scale_base
+            return torch.exp(sign * p * log_zeta)
+        return scale
 
     def rotate(self, q: Tensor, k: Tensor, q_pos: Tensor, k_pos: Tensor):
-        self._check(q)
         return (self.apply(q, q_pos, self.decay(q_pos, 1.0)),
                 self.apply(k, k_pos, self.decay(k_pos, -1.0)))

@@ -27,7 +27,8 @@ from .base import Residual
                     equation="eq. 8: x_i = LN(x_{i−1}·ω_i + f_i(x_{i−1})); "
                              "ω_i = √(Σ_{j<i} Var f_j) profiled at init (Algorithm 1)",
                     complexity=("O(n d)", "O(n d)"),
-                    test="tests/papers/test_residuals_admin.py::test_admin_profiling_bounds_output_change")
+                    test="tests/papers/test_residuals_admin.py::"
+                         "test_admin_profiling_bounds_output_change")
 class AdminResidual(Residual):
     """norm(x ⊙ ω + F(x)) with ω (init 1) set by the Admin profiling init."""
 

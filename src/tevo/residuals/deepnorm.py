@@ -25,7 +25,8 @@ def deepnorm_constants(n_enc: int = 0, n_dec: int = 0) -> dict:
     """{"encoder": (α, β), "decoder": (α, β)} for the stacks that exist (DeepNet Fig. 2).
     One of the depths may be 0: an encoder-only or decoder-only model."""
     if n_enc < 0 or n_dec < 0 or n_enc + n_dec == 0:
-        raise ConfigError("deepnorm", (n_enc, n_dec), why="needs a positive encoder or decoder depth")
+        raise ConfigError("deepnorm", (n_enc, n_dec),
+                          why="needs a positive encoder or decoder depth")
     if n_enc and n_dec:
         r = (n_enc ** 4 * n_dec) ** (1 / 16)
         return {"encoder": (0.81 * r, 0.87 / r),
@@ -43,7 +44,8 @@ def deepnorm_constants(n_enc: int = 0, n_dec: int = 0) -> dict:
                     equation="§3: x_{l+1} = LN(α·x_l + G(x_l)); α = (2N)^{1/4} (one stack), "
                              "enc–dec: α_enc = 0.81(N⁴M)^{1/16}, α_dec = (3M)^{1/4}",
                     complexity=("O(n d)", "O(n d)"),
-                    test="tests/papers/test_residuals_deepnorm.py::test_deepnorm_alpha_beta_formulas")
+                    test="tests/papers/test_residuals_deepnorm.py::"
+                         "test_deepnorm_alpha_beta_formulas")
 class DeepNormResidual(Residual):
     """norm(α·x + F(x)) with α from the DeepNet formula (a buffer, not learned)."""
 

@@ -26,7 +26,8 @@ from .base import Residual
                     equation="eqs. 5–8: r = σ(W_r y + U_r x), z = σ(W_z y + U_z x − b_g), "
                              "ĥ = tanh(W_g y + U_g(r⊙x)), g = (1−z)⊙x + z⊙ĥ, y = ReLU(F(LN(x)))",
                     complexity=("O(n d²)", "O(n d)"),
-                    test="tests/papers/test_residuals_gtrxl.py::test_gtrxl_gate_formula_and_identity_at_init")
+                    test="tests/papers/test_residuals_gtrxl.py::"
+                         "test_gtrxl_gate_formula_and_identity_at_init")
 class GTrXLGateResidual(Residual):
     """GRU-type gating g(x, ReLU(F(LN(x)))) in place of x + F(x), identity-biased (b_g)."""
 

@@ -5,10 +5,11 @@ tevo.models.common.init_weights).
 - ``dsinit``  (Zhang, Titov & Sennrich, 2019, §3, eq. 10): every weight matrix of layer l (1-based,
   counted per stack) ~ U(−γ·α/√l, γ·α/√l), γ = √(6/(d_in + d_out)) (Xavier), α ∈ (0, 1]; with
   ``merged_attention: true`` the decoder's self- and cross-attention become one MAtt sublayer.
-- ``admin``   (Liu et al., 2020, Algorithm 1): one profiling pass sets every ``admin`` residual's
-  ω from the output variances of the sublayers below it, or the closed forms of the authors'
-  admin-torch package (``output_change_scale``: O(n) → ω = 1, O(logn) → ω² = (N+1)/ln(N+1) − 1,
-  O(1) → ω² = N with N residual sublayers in the stack).
+- ``admin``   (Liu et al., 2020, Algorithm 1): one profiling pass of each block stack on
+  unit-variance random inputs sets every ``admin`` residual's ω from the output variances of
+  the sublayers below it, or the closed forms of the authors' admin-torch package
+  (``output_change_scale``: O(n) → ω = 1, O(logn) → ω² = (N+1)/ln(N+1) − 1, O(1) → ω² = N,
+  with N residual sublayers in the stack).
 - ``deepnorm`` (Wang et al., 2022, Fig. 2): α of every ``deepnorm`` residual and the β-scaled
   Xavier-normal init (gain β for FFN, value and output projections, 1 for query and key).
 Complexity: one pass over the parameters (admin profiling: one forward pass).
@@ -96,7 +97,8 @@ ADMIN_SCALES = ("profile", "O(n)", "O(logn)", "O(1)")
                                "(Admin, Liu et al., 2020)",
                 equation="Algorithm 1: ω_i = √(Σ_{j<i} Var[f_j(x_{j−1})]) from one profiling pass",
                 complexity=("one forward pass", "O(1)"),
-                test="tests/papers/test_residuals_admin.py::test_admin_profiling_bounds_output_change")
+                test="tests/papers/test_residuals_admin.py::"
+                     "test_admin_profiling_bounds_output_change")
 def admin_init(model: nn.Module, cfg: ModelConfig, output_change_scale: str = "profile",
                batch: int = 4, seq_len: int = 32, seed: int = 0) -> None:
     """Set the ω of every ``admin`` residual: profiled (the paper) or in closed form."""
@@ -156,8 +158,10 @@ def _profiling_pass(model: nn.Module, cfg: ModelConfig, batch: int, seq_len: int
 
 
 # -- DeepNorm --------------------------------------------------------------------------------
-@INITS.register("deepnorm", paper="DeepNet: Scaling Transformers to 1,000 Layers (Wang et al., 2022)",
-                equation="Fig. 2: xavier_normal_(W, gain=β) for FFN, W_v, W_o; gain 1 for W_q, W_k; "
+@INITS.register("deepnorm",
+                paper="DeepNet: Scaling Transformers to 1,000 Layers (Wang et al., 2022)",
+                equation="Fig. 2: xavier_normal_(W, gain=β) for FFN, W_v, W_o; gain 1 for W_q, "
+                         "W_k; "
                          "α, β per stack from the encoder/decoder depths",
                 complexity=("O(params)", "O(1)"),
                 test="tests/papers/test_residuals_deepnorm.py::test_deepnorm_alpha_beta_formulas")

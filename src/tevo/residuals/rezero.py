@@ -17,7 +17,8 @@ from torch import Tensor, nn
 from ..registry import RESIDUALS
 from .base import Residual
 
-_TEST = "tests/papers/test_residuals_rezero.py::test_rezero_and_skipinit_blocks_are_identity_at_init"
+_TEST = ("tests/papers/test_residuals_rezero.py::"
+         "test_rezero_and_skipinit_blocks_are_identity_at_init")
 
 
 @RESIDUALS.register("rezero", paper="ReZero is All You Need: Fast Convergence at Large Depth "

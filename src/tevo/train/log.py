@@ -42,7 +42,8 @@ class MetricsLog:
     def __init__(self, run_dir, resume_step: int | None = None, tensorboard: bool = False):
         self.path = Path(run_dir) / METRICS
         if resume_step is not None and self.path.exists():
-            keep = [r for r in read_metrics(run_dir) if r.get("step", 0) <= resume_step]
+            keep = [r for r in read_metrics(run_dir)
+                    if r.get("step", 0) <= resume_step and not r.get("final")]
             tmp = f"{self.path}.tmp"
             with open(tmp, "w") as f:
                 for r in keep:

@@ -86,6 +86,24 @@ def _check_train(cfg: RunConfig) -> None:
                           why="must be >= 1 (or null for the whole split)")
     if float(t.lr) <= 0:
         raise ConfigError("train.lr", t.lr, why="must be > 0")
+    if t.threads not in (None, "auto") and (not isinstance(t.threads, int) or t.threads < 1):
+        raise ConfigError("train.threads", t.threads, why="expected null, auto or an integer >= 1")
+
+
+def resolve_threads(threads) -> int | None:
+    """CPU threads for training: an explicit count, None (torch's default), or ``auto``: the
+    cores not already busy (1-minute load average), at least one. OpenMP threads spin while
+    they wait, so on an oversubscribed CPU fewer threads train several times faster."""
+    if threads is None:
+        return None
+    if threads != "auto":
+        return int(threads)
+    try:
+        cores = len(os.sched_getaffinity(0))
+        load = os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return None
+    return max(1, min(torch.get_num_threads(), int(cores - load + 0.5)))
 
 
 class Trainer:
@@ -159,6 +177,9 @@ class Trainer:
         if ck is None:
             raise TevoError(f"no checkpoint to resume from in {self.run_dir}")
         st = load_checkpoint(ck, self.model, map_location=self.device)
+        if "optimizer" not in st or "data" not in st:
+            raise TevoError(f"{ck} holds weights but no training state (a converted model?); "
+                            f"it can be evaluated or fine-tuned from, not resumed")
         self.optimizer.load_state_dict(st["optimizer"])
         self.data.load_state_dict(st["data"])
         self.step, self.tokens = int(st["step"]), int(st["tokens"])
@@ -213,7 +234,7 @@ class Trainer:
             bad = bad | ~torch.isfinite(loss.detach())
         if bool(bad):
             raise TrainingDiverged(
-                f"training diverged at step {self.step + 1}: loss {float(loss):.4g}, gradient "
+                f"training diverged at step {self.step + 1}: loss {float(loss.detach()):.4g}, gradient "
                 f"norm {float(gnorm):.4g} (lr {lr:.3g}); lower train.lr, raise train.warmup, "
                 f"keep train.grad_clip > 0 or use train.precision=fp32")
         self.optimizer.step()
@@ -241,6 +262,10 @@ class Trainer:
         ``stop_at``: save a checkpoint and return at that step, as an interruption would."""
         tc, d = self.cfg.train, self.dist
         self.t_loop = time.time()
+        old_threads = torch.get_num_threads()
+        n_threads = resolve_threads(tc.threads)
+        if n_threads and self.device.type == "cpu":
+            torch.set_num_threads(n_threads)
         log = MetricsLog(self.run_dir, self.step if self.resumed_from else None,
                          tc.tensorboard) if d.is_main else None
         bar = ProgressDisplay(tc.steps, self.step, tc.progress and d.is_main)
@@ -302,6 +327,7 @@ class Trainer:
                 self.save()
             return self.finish(stopped or "steps", log)
         finally:
+            torch.set_num_threads(old_threads)
             bar.close()
             for s, h in old_handlers.items():
                 signal.signal(s, h)
@@ -336,6 +362,7 @@ class Trainer:
             "train_seconds": self.train_time,
             "wall_seconds": self.wall0 + time.time() - self.t_start,
             "device": str(self.device), "world_size": self.dist.world,
+            "threads": torch.get_num_threads() if self.device.type == "cpu" else None,
             "precision": tc.precision,
         }
         summary = {k: v for k, v in summary.items() if v is not None}

@@ -30,7 +30,8 @@ from .pattern import PatternAttention
     equation="eq. 3–4: softmax(QK^T/√e ⊙ M_π)V, M_π[i,j] = 1 iff π(⌊i/(L/N_b)⌋) = ⌊j/(L/N_b)⌋, "
              "one permutation π per group of heads",
     complexity=("O(n² d / N_b)", "O(n² / N_b)"),
-    test="tests/papers/test_attention_blockwise.py::test_matches_dense_attention_with_equivalent_mask",
+    test="tests/papers/test_attention_blockwise.py::"
+         "test_matches_dense_attention_with_equivalent_mask",
     tiny={"heads": 2, "n_blocks": 2})
 class BlockwiseAttention(PatternAttention):
     """Block-sparse attention: head group g maps query block i to key block π_g(i)."""

@@ -33,7 +33,8 @@ MIXING_INITS = ("concatenate", "normal")
     paper="Multi-Head Attention: Collaborate Instead of Concatenate (Cordonnier et al., 2020)",
     equation="eq. 6–7: head_i = softmax((X W̃_Q diag(m_i) W̃_K^T X^T + 1(X r_i)^T)/√(D̃/h)) X W_V^i",
     complexity=("O(n² h D̃ + n d D̃)", "O(n² h)"),
-    test="tests/papers/test_attention_collab.py::test_reparametrised_trained_mha_is_reproduced_at_full_rank",
+    test="tests/papers/test_attention_collab.py::"
+         "test_reparametrised_trained_mha_is_reproduced_at_full_rank",
     tiny={"heads": 2})
 class CollaborativeAttention(Mixer):
     """Heads share one query/key projection and differ by a mixing vector over its dimensions."""

@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ...nn.blocksparse import check_contiguous, tile_position_bias
+from ...nn.blocksparse import check_contiguous, gather_tiles, tile_position_bias
 from ...nn.context import MixerContext
 from ..base import Supports
 from .softmax import MultiHeadAttentionBase
@@ -105,7 +105,6 @@ class PatternAttention(MultiHeadAttentionBase):
             b = None
             if use_pos:
                 if heads is not None and full is not None:
-                    from ...nn.blocksparse import gather_tiles
                     qf, kf, qi, ki = full
                     b = tile_position_bias(pos, gather_tiles(qf, qi), gather_tiles(kf, ki),
                                            qp, kp, heads)

@@ -81,7 +81,8 @@ class FactorizedSparseAttention(PatternAttention):
 
 class _Args:
     def __init__(self, q, k, v, q_pos, k_pos, k_valid, key_offset, ctx):
-        self.q, self.k, self.v, self.q_pos, self.k_pos, self.k_valid = q, k, v, q_pos, k_pos, k_valid
+        self.q, self.k, self.v = q, k, v
+        self.q_pos, self.k_pos, self.k_valid = q_pos, k_pos, k_valid
         self.key_offset, self.ctx, self.causal = key_offset, ctx, ctx.causal
         self.n, self.m = q.shape[2], k.shape[2]
 
@@ -92,7 +93,8 @@ class _Args:
     equation="§4.2 strided: A1_i = {j : i−l ≤ j ≤ i}, A2_i = {j : (i−j) mod l = 0}; §4.3 eq. 2–4 "
              "interleaved / merged / per-head",
     complexity=("O(n (l + n/l) d)", "O(n (l + n/l))"),
-    test="tests/papers/test_attention_sparse_transformer.py::test_strided_matches_dense_attention_with_equivalent_mask",
+    test="tests/papers/test_attention_sparse_transformer.py::"
+         "test_strided_matches_dense_attention_with_equivalent_mask",
     tiny={"heads": 2, "block": 3})
 class SparseStridedAttention(FactorizedSparseAttention):
     """Sparse Transformer strided pattern: the previous l tokens plus every l-th token."""
@@ -123,7 +125,8 @@ class SparseStridedAttention(FactorizedSparseAttention):
     equation="§4.2 fixed: A1_i = {j : ⌊j/l⌋ = ⌊i/l⌋}, A2_i = {j : j mod l ∈ {l−c..l−1}}; §4.3 "
              "eq. 2–4 interleaved / merged / per-head",
     complexity=("O(n (l + c n/l) d)", "O(n (l + c n/l))"),
-    test="tests/papers/test_attention_sparse_transformer.py::test_fixed_matches_dense_attention_with_equivalent_mask",
+    test="tests/papers/test_attention_sparse_transformer.py::"
+         "test_fixed_matches_dense_attention_with_equivalent_mask",
     tiny={"heads": 2, "block": 4, "summary": 1})
 class SparseFixedAttention(FactorizedSparseAttention):
     """Sparse Transformer fixed pattern: own block plus the last c "summary" cells of blocks."""

@@ -36,7 +36,8 @@ PARTS = ("dense", "random", "factorized_dense", "factorized_random", "dot")
     equation="§3: Y = softmax(Σ_s α_s B^(s)) G(X); dense B_i = W_2σ(W_1x_i+b_1)+b_2, random B = R, "
              "factorized B = H_A(A)⊙H_B(B) or R_1R_2^T, dot B = QK^T/√e",
     complexity=("O(n² h + n d ℓ)", "O(n² h)"),
-    test="tests/papers/test_attention_synthesizer.py::test_random_synthesizer_ignores_token_content",
+    test="tests/papers/test_attention_synthesizer.py::"
+         "test_random_synthesizer_ignores_token_content",
     tiny={"heads": 2, "synth": "dense+random+dot"})
 class SynthesizerAttention(Mixer):
     """Synthetic attention (dense, random, factorized) alone or mixed with dot-product."""

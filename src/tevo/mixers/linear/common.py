@@ -17,7 +17,8 @@ import torch
 from torch import Tensor, nn
 
 from ...errors import ConfigError
-from ...nn.chunked import FORMS, check_form, fp32_region, linear_attention, safe_denominator
+from ...nn.chunked import (FORMS, check_form, fp32_region, linear_attention, safe_denominator,
+                           upcast)
 from ...nn.context import MixerContext
 from ..base import Mixer, Supports
 from .feature_maps import build_feature_map
@@ -123,8 +124,8 @@ class KernelAttention(Mixer):
         mask = ctx.query_mask(n)
         with fp32_region(x.device.type):
             log_decay, k_weight = self.gates(x, ctx)
-            fq, fk = self.features(q.float(), k.float(), ctx, q_pos)
-            y, new_state = self.attend(fq, fk, v.float(), mask, ctx.causal, state, log_decay,
+            fq, fk = self.features(upcast(q), upcast(k), ctx, q_pos)
+            y, new_state = self.attend(fq, fk, upcast(v), mask, ctx.causal, state, log_decay,
                                        k_weight)
         return self.o_proj(merge_heads(y.to(out_dtype))), new_state
 

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from ...errors import ConfigError
-from ...nn.chunked import DELTA_FORMS, check_form, delta_rule, fp32_region
+from ...nn.chunked import DELTA_FORMS, check_form, delta_rule, fp32_region, upcast
 from ...nn.context import MixerContext
 from ...registry import MIXERS
 from ..base import Mixer, Supports
@@ -91,12 +91,12 @@ class FastWeightProgrammer(DeltaRuleBase):
         dtype = v.dtype
         mask = ctx.query_mask(n)
         with fp32_region(x.device.type):
-            fq, fk = self.phi(q.float(), k.float(), ctx, pos)
-            beta = torch.sigmoid(self.beta_proj(x.float())).transpose(1, 2)   # (B, h, n)
+            fq, fk = self.phi(upcast(q), upcast(k), ctx, pos)
+            beta = torch.sigmoid(self.beta_proj(upcast(x))).transpose(1, 2)   # (B, h, n)
             if mask is not None:                 # padding writes nothing
                 beta = beta * mask[:, None, :].float()
             form = "recurrent" if (state is not None and n == 1) else self.form
             S0 = None if state is None else state.get("S")
-            y, S = delta_rule(fq, fk, v.float(), beta, form=form, chunk=self.chunk, state=S0)
+            y, S = delta_rule(fq, fk, upcast(v), beta, form=form, chunk=self.chunk, state=S0)
         new_state = None if state is None else {"S": S}
         return self.o_proj(merge_heads(y.to(dtype))), new_state

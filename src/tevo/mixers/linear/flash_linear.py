@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ...errors import ConfigError
-from ...nn.chunked import check_form, fp32_region
+from ...nn.chunked import check_form, fp32_region, upcast
 from ...nn.context import MixerContext
 from ...registry import MIXERS
 from ..base import Mixer, Supports
@@ -78,7 +78,7 @@ class FlashLinear(Mixer):
         real = torch.ones(B, n, dtype=torch.bool, device=x.device) if mask is None else mask
         dtype = v.dtype
         with fp32_region(x.device.type):
-            t = [a.float() for a in (qq, kq, ql, kl, v)]
+            t = [upcast(a) for a in (qq, kq, ql, kl, v)]
             form = "recurrent" if (state is not None and n == 1) else self.form
             if form == "parallel" and not (state and "S" in state):
                 y = self._parallel(*t, real, ctx.causal)

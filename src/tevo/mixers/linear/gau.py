@@ -26,6 +26,7 @@ from torch import Tensor, nn
 from ...errors import ConfigError
 from ...nn.masks import attention_mask, fix_empty_rows
 from ...nn.context import MixerContext
+from ...nn.chunked import upcast
 from ...registry import MIXERS
 from ..base import Mixer, Supports
 
@@ -106,9 +107,9 @@ class GatedAttentionUnit(Mixer):
         return self.o_proj(u * y.squeeze(1)), new_state
 
     def attend(self, q, k, v, mask, bias):
-        scores = (q @ k.transpose(-1, -2)).float() / math.sqrt(self.s)    # (B, 1, n, n_k)
+        scores = upcast(q @ k.transpose(-1, -2)) / math.sqrt(self.s)    # (B, 1, n, n_k)
         if bias is not None:
-            scores = scores + bias.float()
+            scores = scores + upcast(bias)
         if self.scoring == "softmax":
             if mask is not None:
                 scores = scores.masked_fill(~fix_empty_rows(mask), float("-inf"))

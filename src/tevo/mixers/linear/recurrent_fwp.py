@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from ...nn.chunked import fp32_region
+from ...nn.chunked import fp32_region, upcast
 from ...nn.context import MixerContext
 from ...registry import MIXERS
 from .common import merge_heads, split_heads
@@ -49,7 +49,7 @@ class RecurrentFastWeightProgrammer(DeltaRuleBase):
         rotate = ctx.pos is not None and "qk" in ctx.pos.hooks
         mask = ctx.query_mask(n)
         with fp32_region(x.device.type):
-            xf = x.float()
+            xf = upcast(x)
             wq, wk, wv = self.q_proj(xf), self.k_proj(xf), self.v_proj(xf)   # (B, n, h e)
             wb = self.beta_proj(xf)                                          # (B, n, h)
             st = state or {}

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ...errors import ConfigError
-from ...nn.chunked import NEG, fp32_region
+from ...nn.chunked import NEG, fp32_region, upcast
 from ...nn.context import MixerContext
 from ...registry import MIXERS
 from .common import KernelAttention, merge_heads, split_heads
@@ -75,7 +75,7 @@ class RandomFeatureAttention(KernelAttention):
     def gates(self, x, ctx):
         if not (self.use_gate and ctx.causal):
             return None, None
-        logits = self.gate_proj(x.float()).transpose(1, 2)       # (B, h, n)
+        logits = self.gate_proj(upcast(x)).transpose(1, 2)       # (B, h, n)
         return F.logsigmoid(logits), torch.sigmoid(-logits)       # log g_t, 1 − g_t
 
     def forward(self, x: Tensor, ctx: MixerContext, state=None):
@@ -90,7 +90,7 @@ class RandomFeatureAttention(KernelAttention):
             q, k = ctx.pos.rotate(q, k, q_pos, q_pos)
         dtype = v.dtype
         with fp32_region(x.device.type):
-            y = self.lara(q.float(), k.float(), v.float(), ctx.query_mask(n))
+            y = self.lara(upcast(q), upcast(k), upcast(v), ctx.query_mask(n))
         return self.o_proj(merge_heads(y.to(dtype))), None
 
     def lara(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> Tensor:
