@@ -13,6 +13,17 @@ from tevo.registry import MIXERS  # noqa: E402
 
 TOL = 1e-5
 V = 101
+V5 = int(transformers.__version__.split(".")[0]) >= 5
+
+
+def rope(theta=10000.0, kind="default", **extra) -> dict:
+    """Rotary settings as this transformers version spells them."""
+    if V5:
+        return {"rope_parameters": {"rope_type": kind, "rope_theta": theta, **extra}}
+    kw = {"rope_theta": theta}
+    if kind != "default":
+        kw["rope_scaling"] = {"rope_type": kind, **extra}
+    return kw
 BASE = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
             intermediate_size=48, vocab_size=V, max_position_embeddings=64, initializer_range=0.1,
             bos_token_id=None, eos_token_id=None, attn_implementation="eager")
@@ -30,8 +41,7 @@ CASES = {
     "llama-gqa": lambda: make("llama"),
     "llama-mqa-bias-tied-linear-rope": lambda: make(
         "llama", num_key_value_heads=1, attention_bias=True, mlp_bias=True,
-        tie_word_embeddings=True,
-        rope_parameters={"rope_type": "linear", "factor": 2.0, "rope_theta": 500.0}),
+        tie_word_embeddings=True, **rope(500.0, "linear", factor=2.0)),
     "llama-head-dim": lambda: make("llama", head_dim=16),
     "mistral-full": lambda: make("mistral", sliding_window=None),
     "qwen2": lambda: make("qwen2"),
@@ -101,7 +111,6 @@ def test_export_refuses_interleaved_rope():
 
 
 def test_unsupported_rope_type_is_named():
-    hf = make("llama", rope_parameters={"rope_type": "yarn", "factor": 4.0, "rope_theta": 1e4,
-                                        "original_max_position_embeddings": 16})
+    hf = make("llama", **rope(1e4, "yarn", factor=4.0, original_max_position_embeddings=16))
     with pytest.raises(UnsupportedHFOption, match="rope_type"):
         from_hf(hf)

@@ -13,6 +13,7 @@ from tevo.interop.hf import UnsupportedHFOption, from_hf  # noqa: E402
 
 TOL = 1e-5
 V = 101
+V5 = int(transformers.__version__.split(".")[0]) >= 5
 COMMON = dict(vocab_size=V, bos_token_id=None, eos_token_id=None, attn_implementation="eager")
 
 
@@ -53,8 +54,9 @@ CASES = {
     "neox-parallel-partial-rotary": lambda: neox(),
     "neox-sequential-no-bias-full-rotary": lambda: neox(
         use_parallel_residual=False, attention_bias=False,
-        rope_parameters={"rope_type": "default", "rope_theta": 500.0,
-                         "partial_rotary_factor": 1.0}),
+        **({"rope_parameters": {"rope_type": "default", "rope_theta": 500.0,
+                                "partial_rotary_factor": 1.0}} if V5 else
+           {"rotary_emb_base": 500.0, "rotary_pct": 1.0})),
     "bloom": lambda: bloom(),
     "bloom-6-heads": lambda: bloom(hidden_size=36, n_head=6),
     "falcon-mqa-parallel": lambda: falcon(),
@@ -91,7 +93,7 @@ def test_neox_parallel_block_is_tevo_p_layout_with_folded_norms():
     assert model.cfg.layout == "p"
     norm = model.blocks.blocks[0].residuals[0].norm
     assert torch.equal(norm.weight, torch.ones_like(norm.weight))
-    assert model.pos.rotary_dim == int(8 * hf.config.rope_parameters["partial_rotary_factor"])
+    assert model.pos.rotary_dim == 2                      # 0.25 of head_dim 8 (the default)
 
 
 @pytest.mark.parametrize("make,option", [

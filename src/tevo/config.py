@@ -51,6 +51,7 @@ class ModelConfig:
     cache: bool | None = None              # True: require an incremental form in every layer
     memory: Any = None                     # MEMORIES registry spec wrapping the stack
     head_bias: bool = False
+    embedding: Any = None                  # EMBEDDINGS spec replacing the token table (DeFINE)
     extra: dict = field(default_factory=dict)  # architecture-specific options
 
 
@@ -365,6 +366,14 @@ def validate_model(cfg: ModelConfig) -> None:
                 raise ConfigError(f"{where}.mixer", mname,
                                   [n for n in MIXERS.names() if MIXERS.get(n).supports.cache],
                                   why=f"cache requested but mixer {mname!r} has no recurrent form")
+    if cfg.embedding is not None:
+        from .registry import EMBEDDINGS
+        name, kw = split_spec(cfg.embedding, "model.embedding")
+        check_kwargs(EMBEDDINGS.get(name, "model.embedding").obj, kw, f"model.embedding({name})")
+        if cfg.tie_embeddings:
+            raise ConfigError("model.tie_embeddings", True,
+                              why=f"embedding {name!r} has no V×d table to tie; set "
+                                  f"model.tie_embeddings=false")
     if cfg.init is not None:
         name, kw = split_spec(cfg.init, "model.init")
         check_kwargs(INITS.get(name, "model.init").obj, kw, f"model.init({name})")

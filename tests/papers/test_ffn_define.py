@@ -43,3 +43,19 @@ def test_define_embedding_matches_its_equations():
     assert all(p.grad is not None for p in emb.parameters())
     with pytest.raises(tevo.ConfigError):
         tevo.build("embedding", {"name": "define", "max_groups": 3}, vocab_size=V, d_model=d)
+
+
+def test_define_as_the_input_embedding_of_a_language_model():
+    import pytest
+    import tevo
+    from tevo.errors import ConfigError
+    cfg = {"arch": "gpt", "vocab_size": 60, "d_model": 32, "n_layers": 1,
+           "mixer": {"name": "softmax", "heads": 2}, "embedding": {"name": "define"},
+           "tie_embeddings": False}
+    m = tevo.build_model(cfg)
+    assert type(m.embed).__name__ == "DefineEmbedding"
+    ids = torch.randint(0, 60, (2, 7))
+    m(ids).logits.sum().backward()
+    assert all(p.grad is not None for p in m.embed.parameters())
+    with pytest.raises(ConfigError, match="tie_embeddings"):
+        tevo.build_model({**cfg, "tie_embeddings": True})

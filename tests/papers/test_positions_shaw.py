@@ -24,7 +24,12 @@ def test_shaw_equals_naive_relative_key_formula():
             a[i, j] = pe.rel_k.weight[max(-kmax, min(kmax, j - i)) + kmax]
     scores = (q[:, :, :, None, :] * (k[:, :, None, :, :] + a)).sum(-1) / math.sqrt(e)
     scores = scores.masked_fill(~torch.ones(n, n).tril().bool(), float("-inf"))
-    ref = m.o_proj(m._merge(scores.softmax(-1) @ v))
+    av = torch.empty(n, n, e)
+    for i in range(n):
+        for j in range(n):
+            av[i, j] = pe.rel_v.weight[max(-kmax, min(kmax, j - i)) + kmax]
+    w = scores.softmax(-1)                                                # (B, h, n, n)
+    ref = m.o_proj(m._merge(w @ v + (w[..., None] * av).sum(-2)))
     torch.testing.assert_close(y, ref, atol=1e-5, rtol=1e-4)
 
 

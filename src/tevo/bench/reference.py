@@ -105,7 +105,8 @@ LIBRARIES = {              # name: (module, distribution, builder)
 
 DIFFERENCES = {
     "x-transformers": "LayerNorm without bias, attention projections without bias, "
-                      "scaled absolute position embedding and tied output (GPT-2 pair)",
+                      "scaled absolute position embedding and tied output (GPT-2 pair); a bias "
+                      "in the SwiGLU input projection (Llama pair)",
     "hf-transformers": "the reference GPT-2 / Llama implementations (sdpa attention)",
 }
 

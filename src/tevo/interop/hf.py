@@ -263,8 +263,12 @@ def rope_parameters(c) -> dict:
         out = dict(rp)
     else:
         out = dict(getattr(c, "rope_scaling", None) or {})
-        if getattr(c, "rope_theta", None) is not None:
-            out.setdefault("rope_theta", c.rope_theta)
+        for name in ("rope_theta", "rotary_emb_base"):          # GPT-NeoX 4.x: rotary_emb_base
+            if getattr(c, name, None) is not None:
+                out.setdefault("rope_theta", getattr(c, name))
+        for name in ("partial_rotary_factor", "rotary_pct"):     # GPT-NeoX 4.x: rotary_pct
+            if getattr(c, name, None) is not None:
+                out.setdefault("partial_rotary_factor", getattr(c, name))
     out.setdefault("rope_type", out.pop("type", "default") if "type" in out else "default")
     return out
 

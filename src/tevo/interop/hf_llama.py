@@ -21,7 +21,7 @@ def rope_spec(c, head_dim: int, partial: float | None = None, layout: str = "hal
     kind = rp.get("rope_type", "default")
     spec = {"name": "rope", "base": float(rp.get("rope_theta", 10000.0)), "layout": layout}
     if partial is None:
-        partial = rp.get("partial_rotary_factor", getattr(c, "partial_rotary_factor", 1.0))
+        partial = rp.get("partial_rotary_factor", 1.0)
     if partial is not None and float(partial) != 1.0:
         spec["rotary_dim"] = int(head_dim * float(partial))
     if kind == "linear":
@@ -171,6 +171,7 @@ class Llama(LlamaLike):
         return p
 
     def export_config(self, cfg: ModelConfig, model):
+        import transformers
         from transformers import LlamaConfig
         fname, fkw = split_spec(cfg.ffn, "ffn")
         _, nkw = split_spec(cfg.norm, "norm")
@@ -179,9 +180,16 @@ class Llama(LlamaLike):
         ffn = model.blocks.blocks[0].sublayers[1]
         act = {"swiglu": "silu", "geglu": "gelu", "reglu": "relu"}.get(
             fname, fkw.get("activation", "sigmoid"))
-        rp = {"rope_type": "default", "rope_theta": float(pkw.get("base", 10000.0))}
+        theta = float(pkw.get("base", 10000.0))
+        rp = {"rope_type": "default", "rope_theta": theta}
         if pkw.get("scaling") == "linear":
             rp.update(rope_type="linear", factor=float(pkw.get("factor", 1.0)))
+        if int(transformers.__version__.split(".")[0]) >= 5:
+            rope = {"rope_parameters": rp}
+        else:                                       # transformers 4.x: rope_theta + rope_scaling
+            rope = {"rope_theta": theta}
+            if rp["rope_type"] != "default":
+                rope["rope_scaling"] = {"rope_type": rp["rope_type"], "factor": rp["factor"]}
         toks = dict((cfg.extra or {}).get("hf", {}))
         toks = {k: toks.get(k) for k in ("bos_token_id", "eos_token_id", "pad_token_id")}
         return LlamaConfig(
@@ -190,7 +198,7 @@ class Llama(LlamaLike):
             num_attention_heads=attn.heads, num_key_value_heads=attn.kv_heads,
             head_dim=attn.head_dim, hidden_act=ACTIVATIONS_BACK[act],
             max_position_embeddings=cfg.max_len, rms_norm_eps=float(nkw.get("eps", 1e-6)),
-            tie_word_embeddings=bool(cfg.tie_embeddings), rope_parameters=rp,
+            tie_word_embeddings=bool(cfg.tie_embeddings), **rope,
             attention_bias=attn.q_proj.bias is not None, mlp_bias=ffn.up_proj.bias is not None,
             attention_dropout=cfg.dropout, **toks)
 

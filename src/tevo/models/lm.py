@@ -12,7 +12,7 @@ from torch import Tensor, nn
 
 from ..config import ModelConfig, model_config
 from ..nn.context import MixerContext
-from ..registry import MODELS
+from ..registry import EMBEDDINGS, MODELS
 from .block import BlockStack
 from .common import (ModelOutput, build_norm, build_position, check_ids, extend_mask,
                      init_weights, token_positions)
@@ -35,7 +35,12 @@ class LanguageModel(nn.Module):
         self.cfg = cfg
         d = cfg.d_model
         self.causal = cfg.causal if cfg.causal is not None else True
-        self.embed = nn.Embedding(cfg.vocab_size, d)
+        if cfg.embedding is not None:                              # e.g. DeFINE
+            self.embed = EMBEDDINGS.build(cfg.embedding, "model.embedding",
+                                          vocab_size=cfg.vocab_size, d_model=d,
+                                          dropout=cfg.dropout)
+        else:
+            self.embed = nn.Embedding(cfg.vocab_size, d)
         self.pos = build_position(cfg)
         self.emb_norm = build_norm(cfg) if cfg.embedding_norm else None
         self.drop = nn.Dropout(cfg.dropout)

@@ -6,8 +6,9 @@ eq. 4:  e_ij = x_i W^Q (x_j W^K + a^K_ij)^T / √d_z,  a^K_ij = w^K_{clip(j - i,
 with 2k + 1 learned vectors of size d_z shared by all heads (§3.2).
 The score term q_i·a^K_ij / √d_z is returned through the ``bias`` hook, computed as one
 (n_q × (2k+1)) product and a gather: O(n (2k+1) e + n²) instead of materialising a_ij.
-Not implemented: the value term z_i += Σ_j α_ij a^V_ij (eq. 3) needs the attention weights,
-which the score-bias hook never sees (it would need a value hook in the mixer).
+The value term z_i = Σ_j α_ij (v_j + a^V_ij) (eq. 3) goes through the ``value`` hook: the
+weights are bucketed by clipped distance (scatter-add) and multiplied by the (2k+1)-row table,
+O(n² + n k e). Only mixers that materialise the weights accept it (softmax, mqa, gqa).
 Complexity: time O(n k e + n²), memory O(n k + n²); parameters (2k+1)·e.
 """
 from __future__ import annotations
@@ -50,15 +51,15 @@ def repeat_kv(k: Tensor, heads: int) -> Tensor:
 
 @POSITIONS.register(
     "shaw", paper="Self-Attention with Relative Position Representations (Shaw et al., 2018)",
-    equation="eq. 4: e_ij = q_i (k_j + a^K_{clip(j-i,k)})^T / √d_z (key term; a^V not "
-             "implemented)",
+    equation="eq. 3–4: e_ij = q_i (k_j + a^K_{clip(j-i,k)})^T / √d_z; "
+             "z_i = Σ_j α_ij (v_j + a^V_{clip(j-i,k)})",
     complexity=("O(n k e + n²)", "O(n k + n²)"),
     test="tests/papers/test_positions_shaw.py::test_shaw_equals_naive_relative_key_formula",
     tiny={"max_distance": 4})
 class ShawRelativePosition(PositionEncoding):
-    """Learned relative key embeddings a^K_{clip(j-i)} (shared by heads) added to the keys."""
+    """Learned relative key and value embeddings a^K, a^V_{clip(j-i)} (shared by heads)."""
 
-    hooks = frozenset({"bias"})
+    hooks = frozenset({"bias", "value"})
     translation_invariant = True
 
     def __init__(self, head_dim: int, max_distance: int = 16, scale: float | None = None):
@@ -68,8 +69,16 @@ class ShawRelativePosition(PositionEncoding):
         self.head_dim, self.max_distance = head_dim, max_distance
         self.scale = 1.0 / math.sqrt(head_dim) if scale is None else float(scale)
         self.rel_k = nn.Embedding(2 * max_distance + 1, head_dim)
+        self.rel_v = nn.Embedding(2 * max_distance + 1, head_dim)
 
     def bias(self, q: Tensor, k: Tensor, q_pos: Tensor, k_pos: Tensor) -> Tensor:
         idx = clipped_index(q_pos, k_pos, self.max_distance)
         s = torch.matmul(q.float(), self.rel_k.weight.float().t())      # (B, h, n_q, 2k+1)
         return gather_by_query(s, idx) * self.scale
+
+    def values(self, weights: Tensor, q_pos: Tensor, k_pos: Tensor) -> Tensor:
+        idx = clipped_index(q_pos, k_pos, self.max_distance)              # (B, n_q, n_k)
+        B, h, n_q, _ = weights.shape
+        buckets = weights.new_zeros(B, h, n_q, 2 * self.max_distance + 1)
+        buckets.scatter_add_(3, idx[:, None].expand(B, h, -1, -1), weights)
+        return torch.matmul(buckets, self.rel_v.weight.to(weights.dtype))   # (B, h, n_q, e)

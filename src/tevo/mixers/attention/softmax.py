@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from ...errors import ConfigError
-from ...nn.attention import ATTENTION_FUNCTIONS
+from ...nn.attention import ATTENTION_FUNCTIONS, eager_attention
 from ...nn.context import MixerContext
 from ...nn.masks import attention_mask
 from ...registry import MIXERS
@@ -92,8 +92,18 @@ class MultiHeadAttentionBase(Mixer):
         bias = None
         if pos is not None and "bias" in pos.hooks:
             bias = pos.bias(q, k, q_pos, k_pos)
-        y = self.attend(q, k, v, mask, bias, ctx)
+        if pos is not None and "value" in pos.hooks:
+            y = self._attend_with_values(q, k, v, mask, bias, pos, q_pos, k_pos)
+        else:
+            y = self.attend(q, k, v, mask, bias, ctx)
         return self.o_proj(self._merge(y)), new_state
+
+    def _attend_with_values(self, q, k, v, mask, bias, pos, q_pos, k_pos) -> Tensor:
+        """Eager path for encodings with a value term (Shaw eq. 3): z_i = Σ_j α_ij (v_j + a_ij)."""
+        p = self.dropout if self.training else 0.0
+        y, w = eager_attention(q, self.repeat_kv(k), self.repeat_kv(v), mask, bias, self.scale,
+                               p, return_weights=True)
+        return y + pos.values(w, q_pos, k_pos).to(y.dtype)
 
     def _cross(self, x, q, ctx: MixerContext, state):
         if state is not None and "k" in state:
@@ -128,3 +138,6 @@ class MultiHeadAttentionBase(Mixer):
     tiny={"heads": 2})
 class SoftmaxAttention(MultiHeadAttentionBase):
     """Scaled dot-product multi-head attention (self or cross), KV cache, fused or eager."""
+
+    supports = Supports(causal=True, bidirectional=True, cross=True, cache=True,
+                        positions=frozenset({"input", "qk", "bias", "value"}))
