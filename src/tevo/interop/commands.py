@@ -153,7 +153,8 @@ def _convert(args) -> int:
 
 def _hf_model(path):
     """The transformers model saved in ``path``, built from the class its config names."""
-    import transformers
+    from .hf import _need_transformers
+    transformers = _need_transformers()
     cfg = transformers.AutoConfig.from_pretrained(str(path), local_files_only=True)
     names = list(getattr(cfg, "architectures", None) or [])
     cls = next((getattr(transformers, n) for n in names if hasattr(transformers, n)), None)

@@ -53,7 +53,9 @@ def causal_positions(mask: Tensor) -> Tensor:
 def hf_logits(hf: nn.Module, ids: Tensor, mask: Tensor, kind: str, tgt: Tensor | None = None,
               tgt_mask: Tensor | None = None) -> Tensor:
     if kind == "causal":
-        return hf(input_ids=ids, attention_mask=mask, position_ids=causal_positions(mask)).logits
+        kw = ({"position_ids": causal_positions(mask)}
+              if "position_ids" in inspect.signature(hf.forward).parameters else {})
+        return hf(input_ids=ids, attention_mask=mask, **kw).logits
     if kind == "seq2seq":
         return hf(input_ids=ids, attention_mask=mask, decoder_input_ids=tgt,
                   decoder_attention_mask=tgt_mask).logits
