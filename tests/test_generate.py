@@ -84,6 +84,7 @@ def test_bad_generation_inputs_are_one_line_errors():
         generate(model, torch.zeros(1, 0, dtype=torch.long), 2)
     with pytest.raises(InputError, match="top_p"):
         generate(model, torch.zeros(1, 2, dtype=torch.long), 2, top_p=1.5)
-    bert = tevo.build_model("bert", n_layers=1, d_model=16, vocab_size=20, max_len=16)
+    bert = tevo.build_model("bert", n_layers=1, d_model=16, vocab_size=20, max_len=16,
+                            mixer={"name": "softmax", "heads": 2})
     with pytest.raises(InputError, match="causal language model"):
         generate(bert, torch.zeros(1, 2, dtype=torch.long), 2)

@@ -2,7 +2,6 @@
 cost linear in n; fp32 state under bf16 autocast; guarded denominators."""
 import pytest
 import torch
-import torch.nn.functional as F
 
 from tiny import make_mixer
 from papers.linear_reference import (assert_rel_close, ctx, flops, forms_agree, left_padded,
@@ -98,3 +97,25 @@ def test_bad_options_are_one_line_config_errors():
         with pytest.raises(ConfigError) as e:
             make_mixer("linear", True, **bad)
         assert "\n" not in str(e.value) and "valid" in str(e.value)
+
+
+RECURRENT = ["linear", "performer", "rfa", "learned_kernel", "cosformer", "simpletron",
+             "momentum", "fast_weight", "recurrent_fwp", "flowformer", "flash_linear", "aft",
+             "daft", "separable", "yoso"]
+
+
+@pytest.mark.parametrize("name", RECURRENT)
+def test_recurrent_states_accumulate_in_fp32_under_bf16_autocast(name):
+    """Every causal linear mixer keeps its state in fp32 under bf16 autocast, and the state has
+    the same size after 4 and after 16 tokens (it does not grow with n)."""
+    m = make_mixer(name, True)
+    sizes = []
+    for n in (4, 16):
+        x = torch.randn(2, n, 16)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            y, st = m(x, ctx(x, True), m.init_state(2))
+        floats = {k: v for k, v in st.items() if torch.is_tensor(v) and v.is_floating_point()}
+        assert floats and all(v.dtype == torch.float32 for v in floats.values()), name
+        assert torch.isfinite(y.float()).all()
+        sizes.append({k: tuple(v.shape) for k, v in st.items()})
+    assert sizes[0] == sizes[1]

@@ -1,7 +1,5 @@
 """FourierFormer: equals kernel regression with the product-of-sincs kernel, computed naively;
 decoding with the K/V cache equals the full pass."""
-import math
-
 import pytest
 import torch
 

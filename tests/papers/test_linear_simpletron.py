@@ -1,7 +1,6 @@
 """SimpleTRON: Q(KᵀV)/(√d n) equals the softmax-free quadratic attention (QKᵀ/√d ⊙ M)V/n
 exactly (no approximation); forms agree with padding."""
 import pytest
-import torch
 
 from tiny import make_mixer
 from papers.linear_reference import assert_rel_close, ctx, forms_agree, left_padded

@@ -1,7 +1,6 @@
 """UFO-ViT: equals XNorm(Q)·XNorm(KᵀV) written out; outputs are bounded by γ² (cosine
 similarities); cost linear in n."""
 import torch
-import torch.nn.functional as F
 
 from tiny import make_mixer
 from papers.linear_reference import assert_rel_close, ctx, flops

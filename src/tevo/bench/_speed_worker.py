@@ -139,8 +139,11 @@ def _measure(spec: dict) -> dict:
         torch.set_num_threads(int(spec["threads"]))
     name, n, d, B = spec["mixer"], int(spec["n"]), int(spec["d_model"]), int(spec.get("batch", 1))
     causal = bool(spec.get("causal", True))
-    mixer = MIXERS.build({"name": name, **spec.get("options", {})}, d_model=d, max_len=n,
-                         causal=causal, layer=0, n_layers=1, dropout=0.0).to(dev, dtype)
+    steps = int(spec.get("decode_steps", 8))
+    # fixed-length mixers hold tables of max_len positions: room for the decode steps after n
+    mixer = MIXERS.build({"name": name, **spec.get("options", {})}, d_model=d,
+                         max_len=n + steps + 1, causal=causal, layer=0, n_layers=1,
+                         dropout=0.0).to(dev, dtype)
     x = torch.randn(B, n, d, device=dev, dtype=dtype)
     pos = torch.arange(n, device=dev).unsqueeze(0).expand(B, n)
     sync = (lambda: torch.cuda.synchronize(dev)) if dev.type == "cuda" else (lambda: None)
@@ -150,54 +153,63 @@ def _measure(spec: dict) -> dict:
     for mode in spec.get("modes", ("forward", "train", "decode")):
         if mode == "decode" and not MIXERS.get(name).supports.cache:
             continue
-        rec: dict = {}
-        if mode == "forward":
-            mixer.eval()
-
-            def fn():
-                with torch.no_grad():
-                    mixer(x, MixerContext(causal=causal, positions=pos))
-            rec["times"], rec["peak_bytes"] = _timed(fn, repeat, budget, sync, mem)
-        elif mode == "train":
-            mixer.train()
-            xg = x.detach().clone().requires_grad_(True)
-
-            def fn():
-                mixer.zero_grad(set_to_none=True)
-                xg.grad = None
-                ctx = MixerContext(causal=causal, positions=pos)
-                y, _ = mixer(xg, ctx)
-                loss = y.float().square().mean()
-                aux = ctx.aux_loss()
-                (loss + aux if torch.is_tensor(aux) else loss).backward()
-            rec["times"], rec["peak_bytes"] = _timed(fn, repeat, budget, sync, mem)
-        elif mode == "decode":
-            mixer.eval()
-            steps = int(spec.get("decode_steps", 8))
-            with torch.no_grad():
-                state = mixer.init_state(B, dev, dtype)
-                _, state = mixer(x, MixerContext(causal=causal, positions=pos), state)  # prefill
-                rec["state_bytes"] = tensor_bytes(state)
-                times, base = [], None
-                for i in range(steps + 1):
-                    x1 = torch.randn(B, 1, d, device=dev, dtype=dtype)
-                    p1 = torch.full((B, 1), n + i, device=dev, dtype=torch.long)
-                    sync()
-                    t0 = time.perf_counter()
-                    _, state = mixer(x1, MixerContext(causal=causal, positions=p1), state)
-                    sync()
-                    times.append(time.perf_counter() - t0)
-                    if base is None:                 # the first step is the warm-up
-                        base = mem.start()
-                rec["peak_bytes"] = max(0, mem.peak() - base)
-            rec["times"] = times[1:]
-        else:
-            raise ValueError(f"unknown mode {mode!r}")
-        rec["median_s"] = _median(rec["times"])
-        rec["min_s"] = min(rec["times"])
-        out[mode] = rec
+        try:
+            out[mode] = _mode(mode, mixer, x, pos, causal, n, d, B, dev, dtype, steps, repeat,
+                              budget, sync, mem)
+        except Exception as e:                      # one failing mode keeps the others
+            out[mode] = {"error": f"{type(e).__name__}: {e}".strip()}
     out["peak_reset"] = mem.reset_ok
     return out
+
+
+def _mode(mode, mixer, x, pos, causal, n, d, B, dev, dtype, steps, repeat, budget, sync,
+          mem) -> dict:
+    """Times (and peak memory) of one mode: forward, train (forward + backward) or decode."""
+    rec: dict = {}
+    if mode == "forward":
+        mixer.eval()
+
+        def fn():
+            with torch.no_grad():
+                mixer(x, MixerContext(causal=causal, positions=pos))
+        rec["times"], rec["peak_bytes"] = _timed(fn, repeat, budget, sync, mem)
+    elif mode == "train":
+        mixer.train()
+        xg = x.detach().clone().requires_grad_(True)
+
+        def fn():
+            mixer.zero_grad(set_to_none=True)
+            xg.grad = None
+            ctx = MixerContext(causal=causal, positions=pos)
+            y, _ = mixer(xg, ctx)
+            loss = y.float().square().mean()
+            aux = ctx.aux_loss()
+            (loss + aux if torch.is_tensor(aux) else loss).backward()
+        rec["times"], rec["peak_bytes"] = _timed(fn, repeat, budget, sync, mem)
+    elif mode == "decode":
+        mixer.eval()
+        with torch.no_grad():
+            state = mixer.init_state(B, dev, dtype)
+            _, state = mixer(x, MixerContext(causal=causal, positions=pos), state)  # prefill
+            rec["state_bytes"] = tensor_bytes(state)
+            times, base = [], None
+            for i in range(steps + 1):
+                x1 = torch.randn(B, 1, d, device=dev, dtype=dtype)
+                p1 = torch.full((B, 1), n + i, device=dev, dtype=torch.long)
+                sync()
+                t0 = time.perf_counter()
+                _, state = mixer(x1, MixerContext(causal=causal, positions=p1), state)
+                sync()
+                times.append(time.perf_counter() - t0)
+                if base is None:                 # the first step is the warm-up
+                    base = mem.start()
+            rec["peak_bytes"] = max(0, mem.peak() - base)
+        rec["times"] = times[1:]
+    else:
+        raise ValueError(f"unknown mode {mode!r}")
+    rec["median_s"] = _median(rec["times"])
+    rec["min_s"] = min(rec["times"])
+    return rec
 
 
 def run_forked(spec: dict, timeout_s: float) -> dict:

@@ -256,14 +256,21 @@ def _speed_dtype(rep, runner, names, forms, lengths, dtype, dev, opts, overrides
                 continue
             p = {"status": "ok", "params": r.get("params"), "peak_reset": r.get("peak_reset")}
             for mode in MODES:
-                if mode in r:
-                    p[f"{mode}_s"] = r[mode][f"{opts['stat']}_s"]
-                    p[f"{mode}_median_s"] = r[mode]["median_s"]
-                    p[f"{mode}_min_s"] = r[mode]["min_s"]
-                    p[f"{mode}_calls"] = len(r[mode]["times"])
-                    p[f"{mode}_peak_bytes"] = r[mode]["peak_bytes"]
-                    hist[name][mode].append((n_len, r[mode]["median_s"]))
-            if "decode" in r:
+                if mode not in r:
+                    continue
+                if "error" in r[mode]:                     # that mode failed, the others stand
+                    p[f"{mode}_error"] = r[mode]["error"]
+                    rep.error(f"{name} {mode} ({dtype}, n={n_len})", r[mode]["error"])
+                    continue
+                p[f"{mode}_s"] = r[mode][f"{opts['stat']}_s"]
+                p[f"{mode}_median_s"] = r[mode]["median_s"]
+                p[f"{mode}_min_s"] = r[mode]["min_s"]
+                p[f"{mode}_calls"] = len(r[mode]["times"])
+                p[f"{mode}_peak_bytes"] = r[mode]["peak_bytes"]
+                hist[name][mode].append((n_len, r[mode]["median_s"]))
+            if not any(f"{m}_s" in p for m in MODES):
+                p["status"] = "error"
+            if "state_bytes" in r.get("decode", {}):
                 p["decode_state_bytes"] = r["decode"]["state_bytes"]
             if p.get("train_peak_bytes"):
                 hist[name]["memory"].append((n_len, p["train_peak_bytes"]))
@@ -321,6 +328,8 @@ def _cell(p: dict, key: str, f) -> str:
         return "error"
     if st is None:
         return "—"
+    if p.get(key.split("_")[0] + "_error"):
+        return "error"
     v = p.get(key)
     return "n/a" if v is None else f(v)
 
@@ -557,12 +566,17 @@ def _flops_tables(rep, res, ds, ns, ffn, measured) -> None:
         dec = r["declared_n_exponent"]
         agree = "—" if (dec is None or not ex) else ("yes" if abs(ex["exponent"] - dec) < 0.3
                                                         else "no")
+        counted = sorted(int(k) for k in row0["flops"])
+        where = "meta" if row0["device"] == "meta" else "CPU"
+        if counted:
+            where += f", n ≤ {counted[-1]}"
         rows.append([name, r["declared"] or "—", fmt(dec), _exp(ex), agree,
                      fmt(fit.get("a", 0.0) / d0 if fit else None),
                      fmt(fit.get("b", 0.0) / d0**2 if fit else None),
-                     fmt(row0.get("params"))])
+                     fmt(row0.get("params")), where])
     rep.table(["mixer", "declared time", "declared n-power", f"counted exponent (d={d0})",
-               "agree", "a/d (n² coeff.)", "b/d² (n coeff.)", f"params (d={d0})"], rows,
+               "agree", "a/d (n² coeff.)", "b/d² (n coeff.)", f"params (d={d0})",
+               "counted on"], rows,
               heading="Declared complexity against counted FLOPs",
               note="Counted exponent: log–log slope of forward FLOPs over the upper half of the "
                    "lengths. FLOPs ≈ a·n² + b·n per layer; softmax: a/d = 4, b/d² = 8. Work in "

@@ -187,8 +187,8 @@ _INTRO = """After *Do Transformer Modifications Transfer Across Implementations 
 (Narang et al., 2021): each variant changes one component of the baseline (a GPT-2-style
 decoder: pre-LN LayerNorm, GELU MLP, learned positions, softmax attention; byte vocabulary) and
 is trained by the same loop (AdamW, warm-up + cosine, clipping 1.0) on the same token budget of
-the embedded Shakespeare corpus. Validation: the held-out works (Macbeth, Twelfth Night), bits
-per character. Model: d = {d}, {L} layers, {h} heads, sequences of {n}, batch {b}; {tokens:,}
+the embedded Shakespeare corpus. Validation: the corpus's held-out works (the `shakespeare`
+corpus's val split), bits per character. Model: d = {d}, {L} layers, {h} heads, sequences of {n}, batch {b}; {tokens:,}
 training tokens per run, learning rate {lr:g}, {seeds} seed(s)."""
 
 

@@ -41,9 +41,9 @@ class ChunkFormerAttention(PositionalAttention):
                         positions=frozenset({"input", "qk"}))
 
     def __init__(self, d_model: int, heads: int = 4, head_dim: int | None = None,
-                 bias: bool = True, dropout: float = 0.0, chunks: list | tuple = (64, 256),
+                 bias: bool = True, chunks: list | tuple = (64, 256),
                  layer: int = 0, n_layers: int = 1):
-        super().__init__(d_model, heads, None, head_dim, bias, dropout, "eager")
+        super().__init__(d_model, heads, None, head_dim, bias, 0.0, "eager")
         chunks = [chunks] if isinstance(chunks, int) else list(chunks)
         if not chunks or any(int(c) < 1 for c in chunks):
             raise ConfigError("mixer.chunks", chunks, why="need a list of chunk sizes >= 1")

@@ -65,9 +65,9 @@ class ClusteredAttention(MultiHeadAttentionBase):
                         positions=frozenset({"input", "qk"}))
 
     def __init__(self, d_model: int, heads: int = 4, head_dim: int | None = None,
-                 bias: bool = True, dropout: float = 0.0, clusters: int = 32, iterations: int = 5,
+                 bias: bool = True, clusters: int = 32, iterations: int = 5,
                  topk: int = 0):
-        super().__init__(d_model, heads, None, head_dim, bias, dropout, "eager")
+        super().__init__(d_model, heads, None, head_dim, bias, 0.0, "eager")
         if clusters < 1 or iterations < 0 or topk < 0:
             raise ConfigError("mixer.clusters", clusters,
                               why="need clusters >= 1, iterations >= 0, topk >= 0")

@@ -58,9 +58,9 @@ class CombinerAttention(PositionalAttention):
                         positions=frozenset({"input", "qk"}))
 
     def __init__(self, d_model: int, heads: int = 4, head_dim: int | None = None,
-                 bias: bool = True, dropout: float = 0.0, block: int = 32,
+                 bias: bool = True, block: int = 32,
                  partition: str = "fixed"):
-        super().__init__(d_model, heads, None, head_dim, bias, dropout, "eager")
+        super().__init__(d_model, heads, None, head_dim, bias, 0.0, "eager")
         if partition not in PARTITIONS:
             raise ConfigError("mixer.partition", partition, PARTITIONS)
         if block < 1:

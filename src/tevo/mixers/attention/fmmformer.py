@@ -62,9 +62,9 @@ class FMMformerAttention(PositionalAttention):
                         positions=frozenset({"input"}))
 
     def __init__(self, d_model: int, heads: int = 4, head_dim: int | None = None,
-                 bias: bool = True, dropout: float = 0.0, band: int = 16,
+                 bias: bool = True, band: int = 16,
                  features: list | tuple = ("elu", "elu_neg"), eps: float = 1e-6):
-        super().__init__(d_model, heads, None, head_dim, bias, dropout, "eager")
+        super().__init__(d_model, heads, None, head_dim, bias, 0.0, "eager")
         features = [features] if isinstance(features, str) else list(features)
         for f in features:
             if f not in FEATURE_MAPS:

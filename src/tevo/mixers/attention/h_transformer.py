@@ -65,8 +65,8 @@ class HTransformerAttention(PositionalAttention):
                         positions=frozenset({"input", "qk"}))
 
     def __init__(self, d_model: int, heads: int = 4, head_dim: int | None = None,
-                 bias: bool = True, dropout: float = 0.0, block: int = 16):
-        super().__init__(d_model, heads, None, head_dim, bias, dropout, "eager")
+                 bias: bool = True, block: int = 16):
+        super().__init__(d_model, heads, None, head_dim, bias, 0.0, "eager")
         if block < 1:
             raise ConfigError("mixer.block", block, why="block size N_r must be >= 1")
         self.block = block

@@ -55,8 +55,8 @@ class LogSparseAttention(PositionalAttention):
                         positions=frozenset({"input", "qk"}))
 
     def __init__(self, d_model: int, heads: int = 4, head_dim: int | None = None,
-                 bias: bool = True, dropout: float = 0.0, kernel: int = 3, local: int = 0):
-        super().__init__(d_model, heads, None, head_dim, bias, dropout, "eager")
+                 bias: bool = True, kernel: int = 3, local: int = 0):
+        super().__init__(d_model, heads, None, head_dim, bias, 0.0, "eager")
         if kernel < 1 or local < 0:
             raise ConfigError("mixer.kernel", kernel, why="kernel must be >= 1 and local >= 0")
         self.kernel, self.local = kernel, local

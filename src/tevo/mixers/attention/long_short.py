@@ -60,9 +60,9 @@ class LongShortAttention(PositionalAttention):
                         positions=frozenset({"input"}))
 
     def __init__(self, d_model: int, heads: int = 4, head_dim: int | None = None,
-                 bias: bool = True, dropout: float = 0.0, window: int = 16, rank: int = 8,
+                 bias: bool = True, window: int = 16, rank: int = 8,
                  segment: int = 64):
-        super().__init__(d_model, heads, None, head_dim, bias, dropout, "eager")
+        super().__init__(d_model, heads, None, head_dim, bias, 0.0, "eager")
         if window < 0 or rank < 1 or segment < 1:
             raise ConfigError("mixer.rank", rank, why="need window >= 0, rank >= 1, segment >= 1")
         e = self.head_dim

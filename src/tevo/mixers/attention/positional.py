@@ -8,7 +8,8 @@ Subclasses implement
 where valid (B, n_k) marks real keys. The two forms compute the same function, so the
 conformance check "prefill + steps == full pass" also checks the efficient form against the dense
 one. Positions are the context's absolute positions (padding skipped), so left padding and
-decoding see the same pattern.
+decoding see the same pattern. These forms apply no attention dropout (subclasses take no
+``dropout`` option).
 """
 from __future__ import annotations
 

@@ -121,9 +121,9 @@ class ScatterbrainAttention(PositionalAttention):
                         positions=frozenset({"input", "qk"}))
 
     def __init__(self, d_model: int, heads: int = 4, head_dim: int | None = None,
-                 bias: bool = True, dropout: float = 0.0, window: int = 16, features: int = 64,
+                 bias: bool = True, window: int = 16, features: int = 64,
                  seed: int = 0, parts: list | tuple = PARTS):
-        super().__init__(d_model, heads, None, head_dim, bias, dropout, "eager")
+        super().__init__(d_model, heads, None, head_dim, bias, 0.0, "eager")
         parts = tuple([parts] if isinstance(parts, str) else parts)
         if not parts or any(p not in PARTS for p in parts):
             raise ConfigError("mixer.parts", parts, PARTS)

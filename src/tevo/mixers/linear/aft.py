@@ -21,7 +21,6 @@ O(n² + n d) memory (exp(w) @ (exp(K) ⊙ V) as matrix products), decoding with 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ...errors import ConfigError, InputError

@@ -122,8 +122,8 @@ class KernelAttention(Mixer):
             q, k = pos.rotate(q, k, q_pos, q_pos)
         out_dtype = v.dtype
         mask = ctx.query_mask(n)
+        log_decay, k_weight = self.gates(x, ctx)            # in the model's dtype, then fp32
         with fp32_region(x.device.type):
-            log_decay, k_weight = self.gates(x, ctx)
             fq, fk = self.features(upcast(q), upcast(k), ctx, q_pos)
             y, new_state = self.attend(fq, fk, upcast(v), mask, ctx.causal, state, log_decay,
                                        k_weight)

@@ -8,8 +8,8 @@ the linear-attention posts of the survey (relu feature maps).
     y_i = Σ_j s(q_i, k_j) v_j / Σ_j s(q_i, k_j)
 
 A ``feature`` position hook (PermuteFormer, SPE) acts on relu(q), relu(k) before the
-reweighting, so it sees head_dim features. Positions i are absolute token positions (padding skipped), M = max_len (fixed so a decoded
-token sees the same weights as in a full pass). Complexity: time O(n d²), memory O(n d + h d²);
+reweighting, so it sees head_dim features. Positions i are absolute token positions (padding
+skipped), M = max_len (fixed so a decoded token sees the same weights as in a full pass). Complexity: time O(n d²), memory O(n d + h d²);
 parallel / chunk / recurrent forms through the shared kernel.
 """
 from __future__ import annotations

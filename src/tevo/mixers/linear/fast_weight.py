@@ -90,9 +90,9 @@ class FastWeightProgrammer(DeltaRuleBase):
             q, k = ctx.pos.rotate(q, k, pos, pos)
         dtype = v.dtype
         mask = ctx.query_mask(n)
+        beta = torch.sigmoid(upcast(self.beta_proj(x))).transpose(1, 2)       # (B, h, n)
         with fp32_region(x.device.type):
             fq, fk = self.phi(upcast(q), upcast(k), ctx, pos)
-            beta = torch.sigmoid(self.beta_proj(upcast(x))).transpose(1, 2)   # (B, h, n)
             if mask is not None:                 # padding writes nothing
                 beta = beta * mask[:, None, :].float()
             form = "recurrent" if (state is not None and n == 1) else self.form

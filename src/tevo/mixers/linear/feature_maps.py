@@ -1,5 +1,6 @@
 """Feature maps φ of kernel (linear) attention: sim(q, k) = φ(q)ᵀ φ(k), a small registry shared by
-``linear``, ``performer``, ``rfa``, ``learned_kernel``, ``fast_weight``, ``momentum``, ``cosformer``...
+``linear``, ``performer``, ``rfa``, ``learned_kernel``, ``fast_weight``, ``momentum``,
+``cosformer``, ``flowformer`` and ``simpletron``.
 
 Every map takes x (B, h, n, e) → (B, h, n, m) with ``out_dim`` = m, declares ``positive``
 (φ ≥ 0, so a normalised attention's denominator cannot change sign), and may use the token

@@ -10,8 +10,8 @@ of the survey (Su, 2022), which writes the relu² scoring as A = relu²(QKᵀ/�
     O = (U ⊙ A V) W_o
 
 s is ``head_dim`` (with ``heads: 1`` in the spec, so position encodings are built for one head
-of s dims). n_i is the number of real keys query i sees (n bidirectionally, i + 1 causally: the per-row count
-keeps the layer causal and decodable; the paper divides by the full length). Position hooks:
+of s dims). n_i is the number of real keys query i sees (n bidirectionally, i + 1 causally: the
+per-row count keeps the layer causal and decodable; the paper divides by the full length). Position hooks:
 ``qk`` (RoPE on Q, K) and ``bias`` (e.g. T5 buckets, added before relu²/softmax). The cache holds
 K, V of past tokens. Complexity: time O(n² s + n² e + n d e), memory O(n²) for A.
 """

@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from ...nn.chunked import fp32_region, upcast
 from ...nn.context import MixerContext
 from ...registry import MIXERS
-from .common import merge_heads, split_heads
+from .common import merge_heads
 from .fast_weight import DeltaRuleBase
 
 
@@ -48,16 +48,17 @@ class RecurrentFastWeightProgrammer(DeltaRuleBase):
         pos = ctx.query_positions(x)
         rotate = ctx.pos is not None and "qk" in ctx.pos.hooks
         mask = ctx.query_mask(n)
+        # input projections in the model's dtype; the recurrence itself in fp32
+        wq, wk, wv = (upcast(p(x)) for p in (self.q_proj, self.k_proj, self.v_proj))  # (B,n,he)
+        wb = upcast(self.beta_proj(x))                                       # (B, n, h)
+        rdt = self.r_proj.weight.dtype
         with fp32_region(x.device.type):
-            xf = upcast(x)
-            wq, wk, wv = self.q_proj(xf), self.k_proj(xf), self.v_proj(xf)   # (B, n, h e)
-            wb = self.beta_proj(xf)                                          # (B, n, h)
             st = state or {}
             S = st.get("S")
-            y_prev = st.get("y", xf.new_zeros(B, inner))
+            y_prev = st.get("y", wq.new_zeros(B, inner))
             outs = []
             for t in range(n):
-                r = self.r_proj(torch.tanh(y_prev))
+                r = upcast(self.r_proj(torch.tanh(y_prev).to(rdt)))
                 rq, rk, rv, rb = r.split([inner, inner, inner, h], -1)
                 q = (wq[:, t] + rq).view(B, h, 1, e)
                 k = (wk[:, t] + rk).view(B, h, 1, e)
@@ -68,7 +69,7 @@ class RecurrentFastWeightProgrammer(DeltaRuleBase):
                 fq, fk = self.phi(q, k, ctx, pos[:, t:t + 1])
                 fq, fk = fq[:, :, 0], fk[:, :, 0]                            # (B, h, m)
                 if S is None:
-                    S = xf.new_zeros(B, h, fk.shape[-1], e)
+                    S = wq.new_zeros(B, h, fk.shape[-1], e)
                 v_old = (fk.unsqueeze(-2) @ S).squeeze(-2)                   # Wᵀφ(k): (B, h, e)
                 S_new = S + fk.unsqueeze(-1) * (beta.unsqueeze(-1) * (v - v_old)).unsqueeze(-2)
                 y = (fq.unsqueeze(-2) @ S_new).squeeze(-2).reshape(B, inner)  # (B, h e)

@@ -29,7 +29,7 @@ from ...errors import ConfigError
 from ...nn.chunked import NEG, fp32_region, upcast
 from ...nn.context import MixerContext
 from ...registry import MIXERS
-from .common import KernelAttention, merge_heads, split_heads
+from .common import KernelAttention, merge_heads
 from .landmarks import segment_means
 
 ESTIMATORS = ("rfa", "lara")
@@ -75,7 +75,7 @@ class RandomFeatureAttention(KernelAttention):
     def gates(self, x, ctx):
         if not (self.use_gate and ctx.causal):
             return None, None
-        logits = self.gate_proj(upcast(x)).transpose(1, 2)       # (B, h, n)
+        logits = upcast(self.gate_proj(x)).transpose(1, 2)       # (B, h, n)
         return F.logsigmoid(logits), torch.sigmoid(-logits)       # log g_t, 1 − g_t
 
     def forward(self, x: Tensor, ctx: MixerContext, state=None):

@@ -12,7 +12,6 @@ Complexity: time O(n d²) (projections; the mixing itself is O(n d)), memory O(n
 """
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 

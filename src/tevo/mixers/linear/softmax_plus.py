@@ -6,7 +6,7 @@ softmax over n keys grows like log n, so a model trained at length n_train atten
 at longer lengths; scaling the logits by κ_n = log n / log n_train keeps the entropy roughly
 invariant and helps length generalisation.
 
-    Attention(Q, K, V)_i = softmax_j( κ_{n_i} · q_iᵀk_j/√d + bias_ij ) V,   κ_n = log n / log n_train
+    Attention(Q, K, V)_i = softmax_j(κ_{n_i} · q_iᵀk_j/√d + bias_ij) V,   κ_n = log n / log n_train
 
 n_i is the number of keys query i really sees (padding excluded; i + 1 under the causal mask), so
 the factor is per query and the KV-cache decode equals the full pass. κ = 1 at n = n_train

@@ -149,7 +149,6 @@ class YOSOAttention(Mixer):
         for s in range(0, n, self.chunk):
             qs, ks, vs = qc[:, :, s:s + self.chunk], kc[:, :, s:s + self.chunk], \
                 v[:, :, s:s + self.chunk]
-            L = qs.shape[2]
             hit = (qs[:, :, :, None, :] == ks[:, :, None, :, :]).to(v.dtype).mean(-1)  # (B,h,L,L)
             intra = hit.tril() @ vs
             idx = qs.transpose(2, 3).unsqueeze(-1).expand(-1, -1, -1, -1, e)      # (B,h,m,L,e)
