@@ -74,8 +74,12 @@ class SwinContinuousBias(PositionEncoding):
         ky, kx = self.coords(k_pos)
         dy = qy[:, :, None] - ky[:, None, :]                            # (B, n_q, n_k), query - key
         dx = qx[:, :, None] - kx[:, None, :]
-        # evaluate the MLP on the distinct offsets only, then gather
-        y0, y1, x0, x1 = int(dy.min()), int(dy.max()), int(dx.min()), int(dx.max())
+        # evaluate the MLP on a fixed grid of offsets (the window, widened only when the input
+        # reaches past it), then gather: a decode step and a full pass then read the very same
+        # numbers (a grid of another size would round differently in the matmul)
+        hy, hx = self.window[0] - 1, self.window[1] - 1
+        y0, y1 = min(int(dy.min()), -hy), max(int(dy.max()), hy)
+        x0, x1 = min(int(dx.min()), -hx), max(int(dx.max()), hx)
         ys = torch.arange(y0, y1 + 1, device=q.device)
         xs = torch.arange(x0, x1 + 1, device=q.device)
         grid = torch.stack(torch.meshgrid(ys, xs, indexing="ij"), -1)     # (Y, X, 2)
