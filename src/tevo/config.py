@@ -78,7 +78,7 @@ class TrainConfig:
     weight_decay: float = 0.1
     betas: tuple = (0.9, 0.95)
     grad_clip: float = 1.0
-    precision: str = "fp32"                # fp32 | bf16
+    precision: str = "fp32"                # fp32 | bf16 | auto (bf16 where the hardware has it)
     compile: bool = False
     seed: int = 0
     eval_every: int = 250
@@ -259,8 +259,8 @@ def save_config(cfg: RunConfig, path) -> None:
 def validate(cfg: RunConfig) -> None:
     validate_model(cfg.model)
     t = cfg.train
-    if t.precision not in ("fp32", "bf16"):
-        raise ConfigError("train.precision", t.precision, ["fp32", "bf16"])
+    if t.precision not in ("fp32", "bf16", "auto"):
+        raise ConfigError("train.precision", t.precision, ["fp32", "bf16", "auto"])
     if t.schedule not in ("cosine", "linear", "constant"):
         raise ConfigError("train.schedule", t.schedule, ["cosine", "linear", "constant"])
     for k in ("steps", "batch_size", "grad_accum"):

@@ -10,7 +10,7 @@ from torch import Tensor, nn
 from ..config import ModelConfig
 from ..errors import InputError
 from ..nn.context import positions_from_mask
-from ..registry import INITS, NORMS, POSITIONS, split_spec
+from ..registry import INITS, MIXERS, NORMS, POSITIONS, split_spec
 
 
 @dataclass
@@ -34,10 +34,21 @@ def check_ids(ids: Tensor, vocab_size: int, name: str = "input_ids") -> None:
 
 def mixer_dims(cfg: ModelConfig) -> dict:
     """Dimensions a position encoding may need from the model's mixer."""
-    _, kw = split_spec(cfg.mixer, "model.mixer")
-    heads = int(kw.get("heads", 4))
-    head_dim = int(kw.get("head_dim") or cfg.d_model // max(heads, 1))
+    name, kw = split_spec(cfg.mixer, "model.mixer")
+    defaults = _defaults(MIXERS.get(name, "model.mixer").obj)   # e.g. GAU: heads=1, head_dim=s
+    heads = int(kw.get("heads", defaults.get("heads") or 4))
+    head_dim = int(kw.get("head_dim") or defaults.get("head_dim") or cfg.d_model // max(heads, 1))
     return {"d_model": cfg.d_model, "max_len": cfg.max_len, "heads": heads, "head_dim": head_dim}
+
+
+def _defaults(cls) -> dict:
+    import inspect
+    try:
+        params = inspect.signature(cls.__init__).parameters
+    except (TypeError, ValueError):
+        return {}
+    return {k: p.default for k, p in params.items()
+            if p.default is not inspect.Parameter.empty and isinstance(p.default, int)}
 
 
 def build_position(cfg: ModelConfig):

@@ -38,7 +38,7 @@ from ..registry import MODELS, OBJECTIVES
 from . import distributed
 from .checkpoint import latest_checkpoint, load_checkpoint, rng_state, save_checkpoint, \
     set_rng_state
-from .evaluate import autocast, evaluate
+from .evaluate import autocast, evaluate, resolve_precision
 from .log import MetricsLog, ProgressDisplay, plot_losses
 from .optim import Schedule, build_optimizer
 
@@ -116,6 +116,7 @@ class Trainer:
         tc = cfg.train
         self.dist = d = distributed.setup(tc.device)
         self.device = d.device
+        tc.precision = resolve_precision(tc.precision, self.device)     # saved resolved
         if tc.precision == "bf16" and self.device.type == "cuda" \
                 and not torch.cuda.is_bf16_supported():
             raise ConfigError("train.precision", "bf16", why="this GPU has no bf16 support")
