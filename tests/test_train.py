@@ -224,3 +224,15 @@ def test_ddp_two_cpu_processes_match_one_process(corpus, tmp_path):
     assert sorted(va) == sorted(vb) and all(abs(va[s] - vb[s]) < 1e-4 for s in va)
     summary = json.loads((tmp_path / "ddp" / "summary.json").read_text())
     assert summary["world_size"] == 2
+
+
+def test_tensorboard_is_optional(corpus, tmp_path):
+    import importlib.util
+    cfg = load_config(None, tiny(corpus, tmp_path / "tb", "train.tensorboard=true",
+                                 "train.steps=2", "train.eval_every=0"))
+    if importlib.util.find_spec("tensorboard") is None:
+        with pytest.raises(tevo.ConfigError, match="pip install tensorboard"):
+            train(cfg)
+    else:
+        train(cfg)
+        assert list((tmp_path / "tb" / "tensorboard").iterdir())

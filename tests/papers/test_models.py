@@ -60,3 +60,24 @@ def test_transformer_learns_reverse_and_beam_matches_greedy():
     assert acc > 0.9, acc
     beam = model.beam_search(src, BOS, EOS, L + 1, beam=3)
     assert (beam[:, :L] == src.flip(1)).float().mean().item() > 0.9
+
+
+def test_gpt3_preset_alternates_dense_and_banded_layers():
+    """GPT-3 §2.1: dense and locally banded layers alternate; a token past the band is seen by
+    the dense layers only, and cached decoding equals the full pass."""
+    from tevo.config import load_config
+    cfg = load_config("gpt3", ["model.d_model=32", "model.n_layers=4", "model.vocab_size=50",
+                               "model.mixer.heads=2", 'model.layers={"1,3": {mixer: {name: local, heads: 2, window: 4}}}'])
+    model = tevo.build_model(cfg).eval()
+    names = [type(b.sublayers[0]).__name__ for b in model.blocks.blocks]
+    assert names[0] == names[2] == "SoftmaxAttention" and names[1] == names[3] != names[0]
+    ids = torch.randint(0, 50, (2, 14))
+    full = model(ids).logits
+    st, outs = model.init_state(2), []
+    for t in range(14):
+        o = model(ids[:, t:t + 1], state=st)
+        outs.append(o.logits)
+        st = o.state
+    torch.testing.assert_close(torch.cat(outs, 1), full, atol=1e-5, rtol=1e-5)
+    band = model.blocks.blocks[1].sublayers[0]
+    assert band.window == 4

@@ -323,7 +323,8 @@ def fit_power_law(ns, ys, upper_half: bool = True) -> dict | None:
     ss_res = sum((y - (p * x + b)) ** 2 for x, y in zip(xs, ls))
     ss_tot = sum((y - my) ** 2 for y in ls)
     r2 = 1.0 - ss_res / ss_tot if ss_tot > 0 else 1.0
-    return {"exponent": p, "coef": math.exp(b), "r2": r2, "lengths": [int(n) for n, _ in pts]}
+    return {"exponent": p, "coef": math.exp(min(b, 700.0)), "r2": r2,
+            "lengths": [int(n) for n, _ in pts]}
 
 
 def crossover(ns, t_mixer, t_ref, fit_mixer: dict | None = None,
@@ -351,10 +352,15 @@ def crossover(ns, t_mixer, t_ref, fit_mixer: dict | None = None,
         n = math.exp(ln)
         return {"n": n, "kind": "measured", "text": f"{n:,.0f}"}
     if fit_mixer and fit_ref and fit_mixer["exponent"] < fit_ref["exponent"] - 1e-6:
-        n = (fit_mixer["coef"] / fit_ref["coef"]) ** (
-            1.0 / (fit_ref["exponent"] - fit_mixer["exponent"]))
-        if n > pts[-1][0]:
+        # a_m n^p_m = a_r n^p_r, solved in logs (close exponents put n far away)
+        ln_n = (math.log(fit_mixer["coef"]) - math.log(fit_ref["coef"])) / (
+            fit_ref["exponent"] - fit_mixer["exponent"])
+        if math.log(pts[-1][0]) < ln_n <= math.log(1e12):
+            n = math.exp(ln_n)
             return {"n": n, "kind": "extrapolated", "text": f"≈ {n:,.0f} (extrapolated)"}
+        if ln_n > math.log(1e12):
+            return {"n": None, "kind": "never",
+                    "text": f"not faster up to {int(pts[-1][0])} (fits cross beyond 10¹²)"}
     return {"n": None, "kind": "never",
             "text": f"not faster up to {int(pts[-1][0])}"}
 

@@ -119,7 +119,7 @@ def train(model, batches, steps: int, lr: float, *, warmup_frac: float = 0.1,
     step = 0
     for step in range(steps):
         if deadline is not None and time.monotonic() > deadline:
-            status = f"stopped at step {step} (time limit)"
+            status = f"stopped at step {step} (time limit)"       # see ``stopped``
             break
         for g in opt.param_groups:
             g["lr"] = lr_at(step, steps, lr, warmup)
@@ -175,6 +175,11 @@ def evaluate_accuracy(model, batches: list[dict], precision: str = "fp32", devic
         count += int(m.sum())
     model.train()
     return right / max(count, 1)
+
+
+def stopped(result: dict) -> bool:
+    """Training was cut by the deadline: the run is incomplete, not a result."""
+    return result["status"].startswith("stopped")
 
 
 def bits(nats: float) -> float:

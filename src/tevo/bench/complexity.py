@@ -171,7 +171,11 @@ def run_speed(opts: dict) -> list:
             res = _speed_dtype(rep, runner, names, forms, lengths, dtype, dev, opts, overrides,
                                mem_limit, deadline)
             rep.data["results"][dtype] = res
-            _speed_tables(rep, res, names, lengths, dtype, len(opts["dtype"]) > 1)
+            try:                                      # the measurements survive an analysis bug
+                _speed_fits(res, lengths)
+                _speed_tables(rep, res, names, lengths, dtype, len(opts["dtype"]) > 1)
+            except Exception as e:
+                rep.error(f"analysis ({dtype})", e)
     finally:
         runner.close()
     rep.data = sanitize(rep.data)
@@ -277,7 +281,6 @@ def _speed_dtype(rep, runner, names, forms, lengths, dtype, dev, opts, overrides
             pts[str(n_len)] = p
     for (name, why), ns in skipped.items():
         rep.skip(f"{name} ({dtype}) n = {', '.join(map(str, ns))}", why)
-    _speed_fits(res, lengths)
     return res
 
 

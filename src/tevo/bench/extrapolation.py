@@ -102,6 +102,9 @@ def run_extrapolate(opts: dict) -> list:
         except Exception as e:
             rep.error(name, e)
             continue
+        if _train.stopped(tr):
+            rep.skip(name, "study time limit reached during its training (--max-minutes)")
+            continue
         r = {"position": cfg["position"], "params": count_params(model), "train": tr,
              "bpc": {}, "errors": {}}
         for n in lens:

@@ -249,6 +249,10 @@ def _run_suite(suite: str, opts: dict, dev, suite_deadline: float | None):
             except Exception as e:
                 rep.error(f"{v.label} (seed {seed})", e)
                 continue
+            if r["status"].startswith("stopped"):
+                rep.skip(f"{v.label} (seed {seed})", "study time limit reached during its "
+                                                     "training (--max-minutes)")
+                continue
             r["params"] = count_params(model)
             r["seed"] = seed
             seeds_res.append(r)

@@ -121,6 +121,10 @@ def run_recall(opts: dict) -> list:
                         except Exception as e:
                             rep.error(f"{key} lr={lr:g}", e)
                             continue
+                        if _train.stopped(tr):
+                            rep.skip(f"{key} lr={lr:g}", "study time limit reached during its "
+                                                         "training (--max-minutes)")
+                            continue
                         runs.append({"lr": lr, "accuracy": acc, "status": tr["status"],
                                      "wall_s": tr["wall_s"], "params": count_params(model),
                                      "mixer": cfg["mixer"]})

@@ -56,9 +56,13 @@ def build_optimizer(model: nn.Module, tcfg, device_type: str = "cpu") -> torch.o
     betas = tuple(float(b) for b in tcfg.betas)
     if len(betas) != 2:
         raise ConfigError("train.betas", tcfg.betas, why="expected two numbers")
-    kw = {"fused": True} if device_type == "cuda" else {}
-    return torch.optim.AdamW(param_groups(model, tcfg.weight_decay, tcfg.no_decay),
-                             lr=float(tcfg.lr), betas=betas, **kw)
+    groups = param_groups(model, tcfg.weight_decay, tcfg.no_decay)
+    if device_type in ("cuda", "cpu"):          # one fused kernel: several times faster per step
+        try:
+            return torch.optim.AdamW(groups, lr=float(tcfg.lr), betas=betas, fused=True)
+        except (RuntimeError, TypeError):
+            pass
+    return torch.optim.AdamW(groups, lr=float(tcfg.lr), betas=betas)
 
 
 class Schedule:
