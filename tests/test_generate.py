@@ -88,3 +88,16 @@ def test_bad_generation_inputs_are_one_line_errors():
                             mixer={"name": "softmax", "heads": 2})
     with pytest.raises(InputError, match="causal language model"):
         generate(bert, torch.zeros(1, 2, dtype=torch.long), 2)
+
+
+def test_context_window_defaults_to_the_training_length():
+    model = _model("sinusoidal", max_len=16)
+    long = torch.randint(0, 40, (2, 30))
+    a = generate(model, long, 5, greedy=True)                 # cropped to the last 16 tokens
+    b = generate(model, long[:, -16:], 5, greedy=True)
+    assert torch.equal(a[:, -5:], b[:, -5:])
+    c = generate(model, long, 5, greedy=True, context=None, use_cache=True)
+    d = generate(model, long, 5, greedy=True, context=None, use_cache=False)
+    assert torch.equal(c, d)                                  # no window: the whole context
+    with pytest.raises(InputError, match="context must be"):
+        generate(_model("learned", max_len=16), long[:, :4], 2, context=32)

@@ -178,7 +178,7 @@ def _cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def _mem_gb(key: str = "MemTotal") -> float | None:
+def memory_gb(key: str = "MemTotal") -> float | None:
     try:
         for line in open("/proc/meminfo"):
             if line.startswith(key + ":"):
@@ -208,7 +208,7 @@ def machine_info(device=None) -> dict:
     info = {
         "cpu": _cpu_model(), "cpu_count": os.cpu_count(),
         "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
-        "torch_threads": torch.get_num_threads(), "memory_gb": _mem_gb(),
+        "torch_threads": torch.get_num_threads(), "memory_gb": memory_gb(),
         "platform": platform.platform(), "python": platform.python_version(),
         "torch": torch.__version__, "tevo": tevo.__version__, "git_commit": _git_commit(),
         "date_utc": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
@@ -334,7 +334,8 @@ def crossover(ns, t_mixer, t_ref, fit_mixer: dict | None = None,
     Measured points are compared where both exist; the crossing is interpolated on log–log
     axes between the bracketing lengths. If the mixer is still slower at the longest common
     length, the fitted power laws are solved for the crossing ("extrapolated") when the mixer's
-    exponent is smaller, else the answer is "never". Returns {"n": float|None, "kind":
+    exponent is smaller and the crossing lies within 64× the longest length, else the answer
+    is "never". Returns {"n": float|None, "kind":
     measured | extrapolated | always | never | n/a, "text": ...}."""
     pts = sorted((float(n), float(a), float(b)) for n, a, b in zip(ns, t_mixer, t_ref)
                  if a is not None and b is not None and a > 0 and b > 0)
@@ -355,12 +356,14 @@ def crossover(ns, t_mixer, t_ref, fit_mixer: dict | None = None,
         # a_m n^p_m = a_r n^p_r, solved in logs (close exponents put n far away)
         ln_n = (math.log(fit_mixer["coef"]) - math.log(fit_ref["coef"])) / (
             fit_ref["exponent"] - fit_mixer["exponent"])
-        if math.log(pts[-1][0]) < ln_n <= math.log(1e12):
+        limit = math.log(64 * pts[-1][0])          # extrapolate at most 64× past the data
+        if math.log(pts[-1][0]) < ln_n <= limit:
             n = math.exp(ln_n)
             return {"n": n, "kind": "extrapolated", "text": f"≈ {n:,.0f} (extrapolated)"}
-        if ln_n > math.log(1e12):
+        if ln_n > limit:
             return {"n": None, "kind": "never",
-                    "text": f"not faster up to {int(pts[-1][0])} (fits cross beyond 10¹²)"}
+                    "text": f"not faster up to {int(pts[-1][0])} (the fits cross beyond "
+                            f"64× that)"}
     return {"n": None, "kind": "never",
             "text": f"not faster up to {int(pts[-1][0])}"}
 
@@ -538,7 +541,8 @@ class Report:
         out.mkdir(parents=True, exist_ok=True)
         figs = self.render_figures(out)
         paths = {"json": out / f"{self.name}.json", "md": out / f"{self.name}.md"}
-        _atomic_write(paths["json"], json.dumps(self.to_json(figs), indent=1, default=_json_default))
+        _atomic_write(paths["json"],
+                      json.dumps(self.to_json(figs), indent=1, default=_json_default))
         _atomic_write(paths["md"], self.markdown(figs))
         paths.update({k: out / v for k, v in figs.items()})
         return paths

@@ -17,7 +17,6 @@ linear Transformer is probably not the model you are waiting for".
 from __future__ import annotations
 
 import json
-import math
 import re
 import time
 from pathlib import Path
@@ -25,8 +24,9 @@ from pathlib import Path
 from ..registry import BENCHMARKS, FFNS, MIXERS
 from ._common import (Command, Deadline, Option, Study, count_params, crossover, fit_power_law,
                       flop_counter, fmt, fmt_bytes, fmt_seconds, loglog_plot, new_report,
-                      pick_device, predict_cost, sanitize, stderr, _mem_gb)
+                      pick_device, predict_cost, sanitize, stderr, memory_gb)
 
+BIDIR_REF = "softmax (bidirectional)"
 CPU_LENGTHS = [256, 512, 1024, 2048, 4096, 8192, 16384]
 GPU_LENGTHS = CPU_LENGTHS + [32768, 65536, 131072]
 MODES = ("forward", "train", "decode")
@@ -149,16 +149,21 @@ def run_speed(opts: dict) -> list:
         names.insert(0, "softmax")
         rep.notes.append("softmax was added as the reference for crossover lengths")
     names = reference_first(names)
-    forms = {}
+    forms, mixer_of = {}, {}
     for n in list(names):
         f = self_form(n)
         if f is None:
             rep.skip(n, "has neither a causal nor a bidirectional self-mixing form")
             names.remove(n)
         else:
-            forms[n] = f
+            forms[n], mixer_of[n] = f, n
+    # bidirectional-only mixers are compared with bidirectional softmax (no causal mask)
+    if (any(f is False for f in forms.values()) and "softmax" in forms
+            and MIXERS.get("softmax").supports.bidirectional):
+        names.insert(1, BIDIR_REF)
+        forms[BIDIR_REF], mixer_of[BIDIR_REF] = False, "softmax"
     lengths = sorted(opts["lengths"] or (GPU_LENGTHS if dev.type == "cuda" else CPU_LENGTHS))
-    mem_limit = (opts["max_memory_gb"] or 0.5 * (_mem_gb("MemAvailable") or 8.0)) * 2**30
+    mem_limit = (opts["max_memory_gb"] or 0.5 * (memory_gb("MemAvailable") or 8.0)) * 2**30
     isolation = opts["isolation"]
     if isolation == "auto":
         isolation = "inprocess" if dev.type == "cuda" else "process"
@@ -168,8 +173,8 @@ def run_speed(opts: dict) -> list:
     runner = _Runner(isolation)
     try:
         for dtype in opts["dtype"]:
-            res = _speed_dtype(rep, runner, names, forms, lengths, dtype, dev, opts, overrides,
-                               mem_limit, deadline)
+            res = _speed_dtype(rep, runner, names, forms, mixer_of, lengths, dtype, dev, opts,
+                               overrides, mem_limit, deadline)
             rep.data["results"][dtype] = res
             try:                                      # the measurements survive an analysis bug
                 _speed_fits(res, lengths)
@@ -213,10 +218,10 @@ class _Runner:
             self.server.close()
 
 
-def _speed_dtype(rep, runner, names, forms, lengths, dtype, dev, opts, overrides, mem_limit,
-                 deadline) -> dict:
-    res = {n: {"form": "causal" if forms[n] else "bidirectional",
-               "options": mixer_spec(n, overrides), "points": {}} for n in names}
+def _speed_dtype(rep, runner, names, forms, mixer_of, lengths, dtype, dev, opts, overrides,
+                 mem_limit, deadline) -> dict:
+    res = {n: {"mixer": mixer_of[n], "form": "causal" if forms[n] else "bidirectional",
+               "options": mixer_spec(mixer_of[n], overrides), "points": {}} for n in names}
     hist = {n: {"forward": [], "train": [], "decode": [], "memory": []} for n in names}
     blocked: dict = {}
     skipped: dict = {}
@@ -240,7 +245,7 @@ def _speed_dtype(rep, runner, names, forms, lengths, dtype, dev, opts, overrides
                 pts[str(n_len)] = {"status": "skipped", "reason": why}
                 skipped.setdefault((name, why), []).append(n_len)
                 continue
-            spec = {"mixer": name, "options": res[name]["options"], "d_model": opts["d_model"],
+            spec = {"mixer": mixer_of[name], "options": res[name]["options"], "d_model": opts["d_model"],
                     "n": n_len, "batch": opts["batch"], "dtype": dtype, "device": str(dev),
                     "causal": forms[name], "modes": list(MODES), "repeat": repeat,
                     "budget_s": budget / 3.0, "decode_steps": steps,
@@ -300,9 +305,11 @@ def _speed_fits(res: dict, lengths) -> None:
             "decode_state": "decode_state_bytes"}
     for r in res.values():
         r["fits"] = {k: fit_power_law(*series(r, key, lengths)) for k, key in keys.items()}
-    ref = res.get("softmax")
     for name, r in res.items():
         r["crossover_vs_softmax"] = {}
+        ref_name = "softmax" if r["form"] == "causal" or BIDIR_REF not in res else BIDIR_REF
+        ref = res.get(ref_name)
+        r["reference"] = ref_name
         if ref is None:
             continue
         for mode in MODES:
@@ -310,7 +317,7 @@ def _speed_fits(res: dict, lengths) -> None:
             a = {n: y for n, y in zip(*series(r, key, lengths))}
             b = {n: y for n, y in zip(*series(ref, key, lengths))}
             common = sorted(set(a) & set(b))
-            if name == "softmax":
+            if name == ref_name:
                 r["crossover_vs_softmax"][mode] = {"n": None, "kind": "reference",
                                                    "text": "(reference)"}
                 continue
@@ -343,19 +350,22 @@ def _speed_tables(rep, res, names, lengths, dtype, several: bool) -> None:
     rows = []
     for name in names:
         r = res[name]
-        e = MIXERS.get(name)
+        e = MIXERS.get(r["mixer"])
         co = r.get("crossover_vs_softmax", {})
         rows.append([name, r["form"], e.complexity[0] or "—", _exp(r["fits"]["forward"]),
                      _exp(r["fits"]["train"]), _exp(r["fits"]["decode"]),
                      _exp(r["fits"]["memory_train"]),
-                     co.get("forward", {}).get("text", "—"), co.get("train", {}).get("text", "—"),
+                     co.get("forward", {}).get("text", "—"),
+                     co.get("train", {}).get("text", "—"),
                      co.get("decode", {}).get("text", "—")])
     rep.table(["mixer", "form", "declared time", "exp. forward", "exp. fwd+bwd",
                "exp. decode/token", "exp. memory (fwd+bwd)", "crossover forward",
                "crossover fwd+bwd", "crossover decode"], rows,
               heading=f"Fitted exponents and crossover lengths vs softmax{sfx}",
               note="Exponents of time (and peak memory) against n; a time exponent near 0 "
-                   "for decode means constant cost per token (a recurrent state).")
+                   "for decode means constant cost per token (a recurrent state). Causal "
+                   "mixers are compared with causal softmax, bidirectional-only ones with "
+                   f"{BIDIR_REF!r}.")
     for mode in MODES:
         key = f"{mode}_s"
         rows = [[name] + [_cell(res[name]["points"].get(str(n), {}), key, fmt_seconds)
@@ -372,7 +382,7 @@ def _speed_tables(rep, res, names, lengths, dtype, several: bool) -> None:
               heading=f"Peak memory of forward + backward, above the model and inputs{sfx}")
     rows = [[name] + [_cell(res[name]["points"].get(str(n), {}), "decode_state_bytes", fmt_bytes)
                       for n in lengths] for name in names
-            if MIXERS.get(name).supports.cache]
+            if MIXERS.get(res[name]["mixer"]).supports.cache]
     if rows:
         rep.table(["mixer"] + [f"n={n}" for n in lengths], rows,
                   heading=f"Decode state size after n tokens{sfx}")
@@ -407,7 +417,7 @@ def count_forward_flops(build, n: int, d: int, causal: bool = True, device: str 
         x = torch.randn(1, n, d)
         pos = torch.arange(n).unsqueeze(0)
     fc = flop_counter()
-    with fc, torch.no_grad():
+    with fc:             # (not under no_grad: torch's module tracker needs grad_fns)
         out = m(x, MixerContext(causal=causal, positions=pos)) if _is_mixer(m) else m(x)
     del out
     return fc.get_total_flops(), count_params(m)
@@ -582,7 +592,8 @@ def _flops_tables(rep, res, ds, ns, ffn, measured) -> None:
                "counted on"], rows,
               heading="Declared complexity against counted FLOPs",
               note="Counted exponent: log–log slope of forward FLOPs over the upper half of the "
-                   "lengths. FLOPs ≈ a·n² + b·n per layer; softmax: a/d = 4, b/d² = 8. Work in "
+                   "lengths. FLOPs ≈ a·n² + b·n per layer; softmax: a/d = 4, b/d² = 8. "
+                   "Work in "
                    "FFTs, scans and element-wise ops is not counted by torch's counter.")
     ffn_text = ", ".join(f"{fmt(ffn[d]['flops_per_token'] / d**2)}·d² at d={d}" for d in ds)
     rows = []
@@ -636,7 +647,8 @@ class ComplexityStudy(Study):
 
     commands = (
         Command("speed", "time and peak memory against n for every mixer; exponents, "
-                         "crossovers, log–log plots", SPEED_OPTIONS, run_speed, quick_minutes=4.5),
+                         "crossovers, log–log plots", SPEED_OPTIONS, run_speed,
+                quick_minutes=4.0),
         Command("flops", "analytic FLOPs and parameters per layer against n and d",
-                FLOPS_OPTIONS, run_flops, quick_minutes=0.75),
+                FLOPS_OPTIONS, run_flops, quick_minutes=1.25),
     )

@@ -132,4 +132,4 @@ class DecoderOnlyStudy(Study):
     """Rank of bidirectional vs causal attention matrices."""
 
     commands = (Command("decoder_only", "rank of bidirectional vs causal attention matrices",
-                        OPTIONS, run_decoder_only, quick_minutes=1.0),)
+                        OPTIONS, run_decoder_only, quick_minutes=0.5),)

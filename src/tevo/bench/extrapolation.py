@@ -178,4 +178,4 @@ class ExtrapolationStudy(Study):
 
     commands = (Command("extrapolate", "train at L, evaluate at L..16L for every causal "
                                        "position encoding (and NoPE)", OPTIONS, run_extrapolate,
-                        quick_minutes=2.0),)
+                        quick_minutes=1.5),)

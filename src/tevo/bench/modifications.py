@@ -15,7 +15,7 @@ import copy
 import time
 from dataclasses import dataclass, field
 
-from ..registry import BENCHMARKS, FFNS, INITS, MIXERS, NORMS, POSITIONS, RESIDUALS, registry
+from ..registry import BENCHMARKS, FFNS, MIXERS, NORMS, POSITIONS, RESIDUALS, registry
 from ._common import (Command, Deadline, Option, Study, count_params, fmt, mean_sd, new_report,
                       pick_device, sanitize, stderr)
 
@@ -188,8 +188,8 @@ _INTRO = """After *Do Transformer Modifications Transfer Across Implementations 
 decoder: pre-LN LayerNorm, GELU MLP, learned positions, softmax attention; byte vocabulary) and
 is trained by the same loop (AdamW, warm-up + cosine, clipping 1.0) on the same token budget of
 the embedded Shakespeare corpus. Validation: the corpus's held-out works (the `shakespeare`
-corpus's val split), bits per character. Model: d = {d}, {L} layers, {h} heads, sequences of {n}, batch {b}; {tokens:,}
-training tokens per run, learning rate {lr:g}, {seeds} seed(s)."""
+corpus's val split), bits per character. Model: d = {d}, {L} layers, {h} heads, sequences of
+{n}, batch {b}; {tokens:,} training tokens per run, learning rate {lr:g}, {seeds} seed(s)."""
 
 
 def run_quality(opts: dict) -> list:
@@ -323,4 +323,4 @@ class ModificationsStudy(Study):
 
     commands = (Command("quality", "the modifications table: every variant of a suite on the "
                                    "same token budget (suites: ffn, norm, mixers, positions)",
-                        QUALITY_OPTIONS, run_quality, quick_minutes=5.0),)
+                        QUALITY_OPTIONS, run_quality, quick_minutes=4.5),)

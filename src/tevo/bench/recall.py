@@ -28,8 +28,8 @@ OPTIONS = (
     Option("lengths", "ints", [64, 128, 256], "sequence lengths", quick=[64]),
     Option("lrs", "floats", [3e-4, 1e-3, 3e-3], "learning-rate sweep (best one kept)",
            quick=[3e-3]),
-    Option("steps", "int", 3000, "training steps per run", quick=120),
-    Option("batch", "int", 64, "sequences per step", quick=32),
+    Option("steps", "int", 3000, "training steps per run", quick=100),
+    Option("batch", "int", 64, "sequences per step", quick=16),
     Option("n_layers", "int", 2, "layers"),
     Option("heads", "int", 4, "heads (mixers that take them)"),
     Option("eval_examples", "int", 1024, "held-out examples for accuracy", quick=256),
@@ -180,4 +180,4 @@ class RecallStudy(Study):
 
     commands = (Command("recall", "MQAR and induction-head accuracy per mixer against width "
                                   "and length, best of a learning-rate sweep", OPTIONS,
-                        run_recall, quick_minutes=3.0),)
+                        run_recall, quick_minutes=2.5),)

@@ -91,7 +91,8 @@ def build_x(arch, c):
                                   attn_layers=layers, tie_embedding=True)
     layers = Decoder(dim=c["d"], depth=c["layers"], heads=c["heads"], attn_flash=True,
                      attn_dim_head=c["d"] // c["heads"], rotary_pos_emb=True,
-                     rotary_emb_dim=c["d"] // c["heads"], ff_no_bias=True, use_rmsnorm=True, ff_glu=True, ff_swish=True,
+                     rotary_emb_dim=c["d"] // c["heads"], ff_no_bias=True, use_rmsnorm=True,
+                     ff_glu=True, ff_swish=True,
                      ff_mult=llama_ff(c["d"]) / c["d"])
     return TransformerWrapper(num_tokens=c["vocab"], max_seq_len=c["seq"], attn_layers=layers,
                               tie_embedding=True, use_abs_pos_emb=False)
@@ -393,4 +394,4 @@ class ReferenceStudy(Study):
 
     commands = (Command("reference", "tevo vs x-transformers and HF GPT-2/Llama: training step, "
                                      "decode tokens/s, MFU", OPTIONS, run_reference,
-                        quick_minutes=2.0),)
+                        quick_minutes=1.5),)

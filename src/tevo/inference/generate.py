@@ -7,9 +7,12 @@ keep the smallest set of tokens whose probability mass reaches p.
 
 Cached and uncached decoding are the same function of the prompt: the cached path prefills the
 prompt once and then feeds one token a step; the uncached path re-runs the whole context each
-step. A model with a learned position table holds at most ``max_len`` tokens: a longer prompt is
-an InputError, and once the context is full the window slides (the uncached path crops to the
-last ``max_len`` tokens; the cached path re-prefills the same window), so both stay equal.
+step. The model sees at most ``context`` tokens, by default its training length
+(``model.cfg.max_len``: most position encodings degrade past the length they were trained at);
+once the context is full the window slides (the uncached path crops to the last ``context``
+tokens, the cached path re-prefills the same window), so both stay equal. A longer prompt is
+cropped to its last ``context`` tokens, except that a prompt longer than a learned position
+table (which cannot encode it at all) is an InputError.
 """
 from __future__ import annotations
 
@@ -21,9 +24,16 @@ from ..registry import INFERENCE
 
 
 def context_limit(model) -> int | None:
-    """The longest context the model can encode (a learned position table), or None."""
+    """The longest context the model can encode at all (a learned position table), or None."""
     lim = getattr(getattr(model, "pos", None), "max_len", None)
     return int(lim) if lim else None
+
+
+def default_context(model) -> int | None:
+    """The window generation uses by default: the model's training length, within its table."""
+    lims = [v for v in (getattr(getattr(model, "cfg", None), "max_len", None),
+                        context_limit(model)) if v]
+    return int(min(lims)) if lims else None
 
 
 def supports_cache(model) -> bool:
@@ -87,22 +97,27 @@ def generate(model, input_ids: Tensor, max_new_tokens: int = 100, temperature: f
              top_k: int | None = None, top_p: float | None = None, greedy: bool = False,
              use_cache: bool | None = None, eos_id: int | None = None,
              attention_mask: Tensor | None = None,
-             generator: torch.Generator | None = None) -> Tensor:
+             generator: torch.Generator | None = None, context="auto") -> Tensor:
     """Continue ``input_ids`` (B, n) by up to ``max_new_tokens``; returns (B, n + new).
 
     ``attention_mask`` (B, n) marks real prompt tokens (left padding for prompts of different
     lengths). ``use_cache=None`` uses the KV cache when the model has one. Rows that produced
-    ``eos_id`` keep producing it; generation stops when every row has."""
+    ``eos_id`` keep producing it; generation stops when every row has. ``context``: the most
+    tokens the model sees ("auto": its training length; None: no limit, e.g. to study length
+    extrapolation)."""
     _check(temperature, top_k, top_p, max_new_tokens)
     if getattr(type(model), "has_decoder", False) or not getattr(model, "causal", False):
         raise InputError(f"generate needs a causal language model, not {type(model).__name__}")
     if input_ids.dim() != 2 or input_ids.shape[1] == 0:
         raise InputError("the prompt is empty: generate needs at least one token")
     B, n0 = input_ids.shape
-    limit = context_limit(model)
-    if limit is not None and n0 > limit:
+    table = context_limit(model)
+    if table is not None and n0 > table:
         raise InputError(f"the prompt has {n0} tokens, longer than the model's context of "
-                         f"{limit} (its learned position table); shorten the prompt")
+                         f"{table} (its learned position table); shorten the prompt")
+    limit = default_context(model) if context == "auto" else context
+    if limit is not None and (int(limit) < 1 or (table is not None and int(limit) > table)):
+        raise InputError(f"context must be in [1, {table or 'inf'}], got {limit}")
     cache = supports_cache(model) if use_cache is None else bool(use_cache)
     if cache and not supports_cache(model):
         raise InputError("this model has a mixer without an incremental form; use "
@@ -120,8 +135,9 @@ def generate(model, input_ids: Tensor, max_new_tokens: int = 100, temperature: f
         return ids[:, -limit:], None if mask is None else mask[:, -limit:]
     try:
         if cache and max_new_tokens:
-            out = model(ids, attention_mask=mask, state=model.init_state(B, dev))
-            state, length = out.state, ids.shape[1]
+            w_ids, w_mask = window()
+            out = model(w_ids, attention_mask=w_mask, state=model.init_state(B, dev))
+            state, length = out.state, w_ids.shape[1]
             logits = out.logits[:, -1]
         for step in range(int(max_new_tokens)):
             if not cache:

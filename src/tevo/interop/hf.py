@@ -283,6 +283,61 @@ def block_key(i: int, stack: str = "blocks") -> str:
     return f"{stack}.blocks.{i}."
 
 
+HF_TOKEN_IDS = ("bos_token_id", "eos_token_id", "pad_token_id")
+
+
+def hf_tokens(c) -> dict:
+    """The special token ids of an HF config (None where unset), kept in ``extra.hf``."""
+    return {k: getattr(c, k, None) for k in HF_TOKEN_IDS}
+
+
+def exported_tokens(cfg: ModelConfig) -> dict:
+    """The special token ids a converted model kept in ``extra.hf``, for an exported config."""
+    toks = dict((cfg.extra or {}).get("hf", {}))
+    return {k: toks.get(k) for k in HF_TOKEN_IDS}
+
+
+def linear(w: Weights, hf: str, tevo: str, sd: dict) -> None:
+    """HF ``{hf}.weight`` (and ``{hf}.bias`` when there is one) → tevo ``{tevo}.weight``/``.bias``
+    in ``sd``; the same for a LayerNorm's weight and bias."""
+    sd[f"{tevo}.weight"] = w.take(f"{hf}.weight")
+    if f"{hf}.bias" in w:
+        sd[f"{tevo}.bias"] = w.take(f"{hf}.bias")
+
+
+def plain_stack_problems(cfg: ModelConfig, causal: bool = False) -> list[str]:
+    """Export problems shared by the plain HF decoders (GPT-2, Llama): a layout other than
+    "a f" and tevo options their blocks have no place for (with ``causal``: a bidirectional
+    model too)."""
+    p = []
+    if cfg.layout.split() != ["a", "f"]:
+        p.append(f"layout {cfg.layout!r} (needs 'a f')")
+    checks = [("layers", bool(cfg.layers)), ("embedding_norm", cfg.embedding_norm),
+              ("final_norm=False", cfg.final_norm is False), ("head_bias", cfg.head_bias),
+              ("n_segments", cfg.n_segments), ("memory", cfg.memory is not None)]
+    if causal:
+        checks.append(("causal=False", cfg.causal is False))
+    for k, bad in checks:
+        if bad:
+            p.append(f"{k} is set")
+    return p
+
+
+def lm_head(c, w: Weights, sd: dict, cfg: ModelConfig, embeddings: str) -> None:
+    """``lm_head.weight`` → tevo ``head.weight`` for an untied head (which must be there); with
+    tied embeddings only checks that a stored ``lm_head.weight`` equals ``sd["embed.weight"]``
+    (``embeddings`` names those in the error)."""
+    lm = w.get("lm_head.weight")
+    if cfg.tie_embeddings:
+        if lm is not None and not lm.equal(sd["embed.weight"]):
+            raise ConversionError(f"{c.model_type}: tie_word_embeddings=True but lm_head.weight "
+                                  f"differs from {embeddings}")
+    elif lm is None:
+        raise ConversionError(f"{c.model_type}: the weights have no lm_head.weight")
+    else:
+        sd["head.weight"] = lm
+
+
 # --------------------------------------------------------------------------------------------
 # Import
 

@@ -19,17 +19,16 @@ from torch import Tensor
 
 from ..config import ModelConfig
 from .heads import ModelWithHead, ReplacedTokenDetectionHead
-from .hf import ConversionError, HFFamily, Weights, activation, block_key, register, require
+from .hf import (ConversionError, HFFamily, Weights, activation, block_key, hf_tokens, linear,
+                 register, require)
 
 # tevo Encoder weights a checkpoint without the pre-training heads (BertModel,
 # BertForMaskedLM without NSP, ELECTRA) does not give; they keep their initial values.
 ENCODER_HEADS = (r"mlm_transform\..*", r"head\.(weight|bias)", r"pooler\..*", r"nsp\..*")
 
-
-def linear(w: Weights, hf: str, tevo: str, sd: dict) -> None:
-    sd[f"{tevo}.weight"] = w.take(f"{hf}.weight")
-    if f"{hf}.bias" in w:
-        sd[f"{tevo}.bias"] = w.take(f"{hf}.bias")
+# ``mlm_head``'s names for BERT's ``cls.predictions`` head (BERT, RoFormer, FNet)
+CLS_MLM = ("cls.predictions.transform.dense", "cls.predictions.transform.LayerNorm",
+           "cls.predictions.decoder", "cls.predictions.bias", "embeddings.word_embeddings.weight")
 
 
 def bert_layer(w: Weights, hf: str, i: int, sd: dict) -> None:
@@ -66,6 +65,16 @@ def mlm_head(c, w: Weights, sd: dict, dense: str, norm: str, decoder: str, bias:
         sd["head.weight"] = dec
 
 
+def pretraining_heads(c, w: Weights, sd: dict) -> None:
+    """BERT's pre-training heads, each when the checkpoint has it: the ``cls.predictions`` MLM
+    head, the pooler and the next-sentence (``cls.seq_relationship``) head."""
+    mlm_head(c, w, sd, *CLS_MLM)
+    if "pooler.dense.weight" in w:
+        linear(w, "pooler.dense", "pooler", sd)
+    if "cls.seq_relationship.weight" in w:
+        linear(w, "cls.seq_relationship", "nsp", sd)
+
+
 def _check_encoder(c) -> None:
     require(c, "is_decoder", False, default=False)
     require(c, "add_cross_attention", False, default=False)
@@ -74,10 +83,6 @@ def _check_encoder(c) -> None:
     if emb is not None and emb != c.hidden_size:
         require(c, "embedding_size", c.hidden_size,
                 why="a factorised embedding (embeddings_project) has no tevo counterpart")
-
-
-def _tokens(c) -> dict:
-    return {k: getattr(c, k, None) for k in ("bos_token_id", "eos_token_id", "pad_token_id")}
 
 
 def encoder_config(c, max_len: int, n_segments: int, act: str, eps: float, extra=None) -> dict:
@@ -92,8 +97,15 @@ def encoder_config(c, max_len: int, n_segments: int, act: str, eps: float, extra
         "tie_embeddings": bool(getattr(c, "tie_word_embeddings", True)),
         "pad_id": getattr(c, "pad_token_id", None),
         "extra": {"mlm_activation": act,
-                  "hf": {"model_type": c.model_type, **_tokens(c), **(extra or {})}},
+                  "hf": {"model_type": c.model_type, **hf_tokens(c), **(extra or {})}},
     }
+
+
+def bert_config(c) -> dict:
+    """``encoder_config`` of a BERT-shaped HF config with absolute positions (BERT, ELECTRA)."""
+    _check_encoder(c)
+    act = activation(c.model_type, "hidden_act", c.hidden_act)
+    return encoder_config(c, c.max_position_embeddings, c.type_vocab_size, act, c.layer_norm_eps)
 
 
 def embeddings(w: Weights, sd: dict, pos_rows: slice = slice(None)) -> None:
@@ -105,6 +117,15 @@ def embeddings(w: Weights, sd: dict, pos_rows: slice = slice(None)) -> None:
     w.drop(r"embeddings\.(position_ids|token_type_ids)")
 
 
+def encoder_weights(c, w: Weights, pos_rows: slice = slice(None)) -> dict[str, Tensor]:
+    """The embeddings and the ``encoder.layer.*`` blocks of a BERT-shaped checkpoint."""
+    sd: dict[str, Tensor] = {}
+    embeddings(w, sd, pos_rows)
+    for i in range(c.num_hidden_layers):
+        bert_layer(w, f"encoder.layer.{i}.", i, sd)
+    return sd
+
+
 @register
 class BERT(HFFamily):
     model_types = ("bert",)
@@ -112,23 +133,11 @@ class BERT(HFFamily):
     optional = ENCODER_HEADS
 
     def config(self, c) -> dict:
-        _check_encoder(c)
-        act = activation(c.model_type, "hidden_act", c.hidden_act)
-        return encoder_config(c, c.max_position_embeddings, c.type_vocab_size, act,
-                              c.layer_norm_eps)
+        return bert_config(c)
 
     def weights(self, c, w: Weights, cfg: ModelConfig) -> dict[str, Tensor]:
-        sd: dict[str, Tensor] = {}
-        embeddings(w, sd)
-        for i in range(c.num_hidden_layers):
-            bert_layer(w, f"encoder.layer.{i}.", i, sd)
-        mlm_head(c, w, sd, "cls.predictions.transform.dense",
-                 "cls.predictions.transform.LayerNorm", "cls.predictions.decoder",
-                 "cls.predictions.bias", "embeddings.word_embeddings.weight")
-        if "pooler.dense.weight" in w:
-            linear(w, "pooler.dense", "pooler", sd)
-        if "cls.seq_relationship.weight" in w:
-            linear(w, "cls.seq_relationship", "nsp", sd)
+        sd = encoder_weights(c, w)
+        pretraining_heads(c, w, sd)
         return sd
 
 
@@ -151,10 +160,7 @@ class RoBERTa(HFFamily):
                               {"position_offset": pad + 1})
 
     def weights(self, c, w: Weights, cfg: ModelConfig) -> dict[str, Tensor]:
-        sd: dict[str, Tensor] = {}
-        embeddings(w, sd, slice(int(c.pad_token_id) + 1, None))
-        for i in range(c.num_hidden_layers):
-            bert_layer(w, f"encoder.layer.{i}.", i, sd)
+        sd = encoder_weights(c, w, slice(int(c.pad_token_id) + 1, None))
         mlm_head(c, w, sd, "lm_head.dense", "lm_head.layer_norm", "lm_head.decoder",
                  "lm_head.bias", "embeddings.word_embeddings.weight")
         if "pooler.dense.weight" in w:
@@ -171,16 +177,10 @@ class ELECTRA(HFFamily):
     optional = ENCODER_HEADS
 
     def config(self, c) -> dict:
-        _check_encoder(c)
-        act = activation(c.model_type, "hidden_act", c.hidden_act)
-        return encoder_config(c, c.max_position_embeddings, c.type_vocab_size, act,
-                              c.layer_norm_eps)
+        return bert_config(c)
 
     def weights(self, c, w: Weights, cfg: ModelConfig) -> dict[str, Tensor]:
-        sd: dict[str, Tensor] = {}
-        embeddings(w, sd)
-        for i in range(c.num_hidden_layers):
-            bert_layer(w, f"encoder.layer.{i}.", i, sd)
+        sd = encoder_weights(c, w)
         return sd
 
     def wrap(self, c, model, w: Weights):
@@ -211,7 +211,7 @@ class DistilBERT(HFFamily):
             "embedding_norm": True, "n_segments": 0, "dropout": float(c.dropout),
             "tie_embeddings": bool(getattr(c, "tie_word_embeddings", True)),
             "pad_id": c.pad_token_id,
-            "extra": {"mlm_activation": act, "hf": {"model_type": c.model_type, **_tokens(c)}},
+            "extra": {"mlm_activation": act, "hf": {"model_type": c.model_type, **hf_tokens(c)}},
         }
         return data
 
@@ -264,9 +264,7 @@ class RoFormer(HFFamily):
             _check_roformer_table(c, table)
         for i in range(c.num_hidden_layers):
             bert_layer(w, f"encoder.layer.{i}.", i, sd)
-        mlm_head(c, w, sd, "cls.predictions.transform.dense",
-                 "cls.predictions.transform.LayerNorm", "cls.predictions.decoder",
-                 "cls.predictions.bias", "embeddings.word_embeddings.weight")
+        mlm_head(c, w, sd, *CLS_MLM)
         return sd
 
 
@@ -307,7 +305,7 @@ class FNet(HFFamily):
             "tie_embeddings": bool(getattr(c, "tie_word_embeddings", True)),
             "pad_id": c.pad_token_id,
             "extra": {"mlm_activation": act, "embedding_projection": True,
-                      "hf": {"model_type": c.model_type, **_tokens(c)}},
+                      "hf": {"model_type": c.model_type, **hf_tokens(c)}},
         }
         return data
 
@@ -321,11 +319,5 @@ class FNet(HFFamily):
             linear(w, f"{hf}intermediate.dense", f"{t}sublayers.1.fc1", sd)
             linear(w, f"{hf}output.dense", f"{t}sublayers.1.fc2", sd)
             linear(w, f"{hf}output.LayerNorm", f"{t}residuals.1.norm", sd)
-        mlm_head(c, w, sd, "cls.predictions.transform.dense",
-                 "cls.predictions.transform.LayerNorm", "cls.predictions.decoder",
-                 "cls.predictions.bias", "embeddings.word_embeddings.weight")
-        if "pooler.dense.weight" in w:
-            linear(w, "pooler.dense", "pooler", sd)
-        if "cls.seq_relationship.weight" in w:
-            linear(w, "cls.seq_relationship", "nsp", sd)
+        pretraining_heads(c, w, sd)
         return sd

@@ -14,12 +14,8 @@ from torch import Tensor
 
 from ..config import ModelConfig
 from ..registry import split_spec
-from .hf import (ACTIVATIONS_BACK, HFFamily, Weights, activation, block_key, register,
-                 require)
-
-
-def _hf_tokens(c) -> dict:
-    return {k: getattr(c, k, None) for k in ("bos_token_id", "eos_token_id", "pad_token_id")}
+from .hf import (ACTIVATIONS_BACK, HFFamily, Weights, activation, block_key, exported_tokens,
+                 hf_tokens, linear, plain_stack_problems, register, require)
 
 
 def conv1d_qkv(w: Weights, name: str, d: int) -> dict[str, Tensor]:
@@ -41,13 +37,6 @@ def conv1d(w: Weights, name: str, tevo_name: str) -> dict[str, Tensor]:
     return out
 
 
-def layernorm(w: Weights, name: str, tevo_name: str) -> dict[str, Tensor]:
-    out = {f"{tevo_name}.weight": w.take(f"{name}.weight")}
-    if f"{name}.bias" in w:
-        out[f"{tevo_name}.bias"] = w.take(f"{name}.bias")
-    return out
-
-
 def _gpt_block(w: Weights, i: int, d: int, names: tuple[str, str]) -> dict[str, Tensor]:
     """One GPT-1/2 block: attention (sublayer 0), MLP (sublayer 1) and the two LayerNorms
     named ``names`` (residual 0 and 1)."""
@@ -56,8 +45,8 @@ def _gpt_block(w: Weights, i: int, d: int, names: tuple[str, str]) -> dict[str, 
     sd.update(conv1d(w, f"{h}attn.c_proj", f"{t}sublayers.0.o_proj"))
     sd.update(conv1d(w, f"{h}mlp.c_fc", f"{t}sublayers.1.fc1"))
     sd.update(conv1d(w, f"{h}mlp.c_proj", f"{t}sublayers.1.fc2"))
-    sd.update(layernorm(w, f"{h}{names[0]}", f"{t}residuals.0.norm"))
-    sd.update(layernorm(w, f"{h}{names[1]}", f"{t}residuals.1.norm"))
+    linear(w, f"{h}{names[0]}", f"{t}residuals.0.norm", sd)
+    linear(w, f"{h}{names[1]}", f"{t}residuals.1.norm", sd)
     w.drop(rf"h\.{i}\.attn\.(bias|masked_bias)")              # causal-mask buffers (old files)
     return sd
 
@@ -105,14 +94,14 @@ class GPT2(HFFamily):
             "dropout": float(c.resid_pdrop),
             "tie_embeddings": bool(getattr(c, "tie_word_embeddings", True)),
             "pad_id": c.pad_token_id, "extra": {"hf": {"model_type": c.model_type,
-                                                      **_hf_tokens(c)}},
+                                                      **hf_tokens(c)}},
         }
 
     def weights(self, c, w: Weights, cfg: ModelConfig) -> dict[str, Tensor]:
         sd = {"embed.weight": w.take("wte.weight"), "pos.table.weight": w.take("wpe.weight")}
         for i in range(c.n_layer):
             sd.update(_gpt_block(w, i, c.n_embd, ("ln_1", "ln_2")))
-        sd.update(layernorm(w, "ln_f", "norm"))
+        linear(w, "ln_f", "norm", sd)
         _head(c, w, sd, "wte.weight")
         return sd
 
@@ -146,14 +135,7 @@ class GPT2(HFFamily):
             p.append(f"ffn {fname!r} (needs mlp with biases)")
         elif fkw.get("activation", "gelu") not in ACTIVATIONS_BACK:
             p.append(f"activation {fkw.get('activation')!r}")
-        if cfg.layout.split() != ["a", "f"]:
-            p.append(f"layout {cfg.layout!r} (needs 'a f')")
-        for k, bad in (("layers", bool(cfg.layers)), ("embedding_norm", cfg.embedding_norm),
-                       ("final_norm=False", cfg.final_norm is False), ("head_bias", cfg.head_bias),
-                       ("n_segments", cfg.n_segments), ("memory", cfg.memory is not None)):
-            if bad:
-                p.append(f"{k} is set")
-        return p
+        return p + plain_stack_problems(cfg)
 
     def export_config(self, cfg: ModelConfig, model):
         from transformers import GPT2Config
@@ -162,8 +144,7 @@ class GPT2(HFFamily):
         _, nkw = split_spec(cfg.norm, "norm")
         heads = int(mkw.get("heads", 4))
         d_ff = int(model.blocks.blocks[0].sublayers[1].fc1.out_features)
-        toks = dict((cfg.extra or {}).get("hf", {}))
-        toks = {k: toks.get(k) for k in ("bos_token_id", "eos_token_id", "pad_token_id")}
+        toks = exported_tokens(cfg)
         n_pos = int(model.pos.table.num_embeddings)
         return GPT2Config(
             vocab_size=cfg.vocab_size, n_positions=n_pos, n_embd=cfg.d_model,
@@ -221,7 +202,7 @@ class OpenAIGPT(HFFamily):
             "dropout": float(c.resid_pdrop),
             "tie_embeddings": bool(getattr(c, "tie_word_embeddings", True)),
             "pad_id": c.pad_token_id, "extra": {"hf": {"model_type": c.model_type,
-                                                      **_hf_tokens(c)}},
+                                                      **hf_tokens(c)}},
         }
 
     def weights(self, c, w: Weights, cfg: ModelConfig) -> dict[str, Tensor]:
@@ -263,7 +244,7 @@ class OPT(HFFamily):
             "dropout": float(c.dropout),
             "tie_embeddings": bool(getattr(c, "tie_word_embeddings", True)),
             "pad_id": c.pad_token_id, "extra": {"hf": {"model_type": c.model_type,
-                                                      **_hf_tokens(c)}},
+                                                      **hf_tokens(c)}},
         }
 
     def weights(self, c, w: Weights, cfg: ModelConfig) -> dict[str, Tensor]:
@@ -273,19 +254,12 @@ class OPT(HFFamily):
             h, t = f"layers.{i}.", block_key(i)
             for a, b in (("q_proj", "q_proj"), ("k_proj", "k_proj"), ("v_proj", "v_proj"),
                          ("out_proj", "o_proj")):
-                sd.update(_linear(w, f"{h}self_attn.{a}", f"{t}sublayers.0.{b}"))
-            sd.update(_linear(w, f"{h}fc1", f"{t}sublayers.1.fc1"))
-            sd.update(_linear(w, f"{h}fc2", f"{t}sublayers.1.fc2"))
-            sd.update(layernorm(w, f"{h}self_attn_layer_norm", f"{t}residuals.0.norm"))
-            sd.update(layernorm(w, f"{h}final_layer_norm", f"{t}residuals.1.norm"))
+                linear(w, f"{h}self_attn.{a}", f"{t}sublayers.0.{b}", sd)
+            linear(w, f"{h}fc1", f"{t}sublayers.1.fc1", sd)
+            linear(w, f"{h}fc2", f"{t}sublayers.1.fc2", sd)
+            linear(w, f"{h}self_attn_layer_norm", f"{t}residuals.0.norm", sd)
+            linear(w, f"{h}final_layer_norm", f"{t}residuals.1.norm", sd)
         if c.do_layer_norm_before:
-            sd.update(layernorm(w, "final_layer_norm", "norm"))
+            linear(w, "final_layer_norm", "norm", sd)
         _head(c, w, sd, "embed_tokens.weight")
         return sd
-
-
-def _linear(w: Weights, hf: str, tevo: str) -> dict[str, Tensor]:
-    out = {f"{tevo}.weight": w.take(f"{hf}.weight")}
-    if f"{hf}.bias" in w:
-        out[f"{tevo}.bias"] = w.take(f"{hf}.bias")
-    return out

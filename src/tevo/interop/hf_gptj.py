@@ -10,30 +10,13 @@ from __future__ import annotations
 from torch import Tensor
 
 from ..config import ModelConfig
-from .hf import ConversionError, HFFamily, Weights, activation, block_key, register, require
+from .hf import (HFFamily, Weights, activation, block_key, hf_tokens, linear, lm_head, register,
+                 require)
 from .hf_llama import rope_spec
 
 
-def _linear(w: Weights, hf: str, tevo: str, sd: dict) -> None:
-    sd[f"{tevo}.weight"] = w.take(f"{hf}.weight")
-    if f"{hf}.bias" in w:
-        sd[f"{tevo}.bias"] = w.take(f"{hf}.bias")
-
-
-def _tokens(c) -> dict:
-    return {k: getattr(c, k, None) for k in ("bos_token_id", "eos_token_id", "pad_token_id")}
-
-
 def _head(c, w: Weights, sd: dict, cfg: ModelConfig) -> None:
-    lm = w.get("lm_head.weight")
-    if cfg.tie_embeddings:
-        if lm is not None and not lm.equal(sd["embed.weight"]):
-            raise ConversionError(f"{c.model_type}: tie_word_embeddings=True but lm_head.weight "
-                                  f"differs from the token embeddings")
-    elif lm is None:
-        raise ConversionError(f"{c.model_type}: the weights have no lm_head.weight")
-    else:
-        sd["head.weight"] = lm
+    lm_head(c, w, sd, cfg, "the token embeddings")
     if "lm_head.bias" in w:
         sd["head.bias"] = w.take("lm_head.bias")
 
@@ -59,7 +42,7 @@ class GPTJ(HFFamily):
             "dropout": float(c.resid_pdrop), "head_bias": True,
             "tie_embeddings": bool(getattr(c, "tie_word_embeddings", False)),
             "pad_id": c.pad_token_id,
-            "extra": {"hf": {"model_type": c.model_type, **_tokens(c)}},
+            "extra": {"hf": {"model_type": c.model_type, **hf_tokens(c)}},
         }
 
     def weights(self, c, w: Weights, cfg: ModelConfig) -> dict[str, Tensor]:
@@ -69,11 +52,11 @@ class GPTJ(HFFamily):
             h, t = f"h.{i}.", block_key(i)
             for a, b in (("q_proj", "q_proj"), ("k_proj", "k_proj"), ("v_proj", "v_proj"),
                          ("out_proj", "o_proj")):
-                _linear(w, f"{h}attn.{a}", f"{t}sublayers.0.mixer.{b}", sd)
-            _linear(w, f"{h}mlp.fc_in", f"{t}sublayers.0.ffn.fc1", sd)
-            _linear(w, f"{h}mlp.fc_out", f"{t}sublayers.0.ffn.fc2", sd)
-            _linear(w, f"{h}ln_1", f"{t}residuals.0.norm", sd)
-        _linear(w, "ln_f", "norm", sd)
+                linear(w, f"{h}attn.{a}", f"{t}sublayers.0.mixer.{b}", sd)
+            linear(w, f"{h}mlp.fc_in", f"{t}sublayers.0.ffn.fc1", sd)
+            linear(w, f"{h}mlp.fc_out", f"{t}sublayers.0.ffn.fc2", sd)
+            linear(w, f"{h}ln_1", f"{t}residuals.0.norm", sd)
+        linear(w, "ln_f", "norm", sd)
         _head(c, w, sd, cfg)
         return sd
 
@@ -100,7 +83,7 @@ class Phi(HFFamily):
             "dropout": float(c.resid_pdrop), "head_bias": True,
             "tie_embeddings": bool(getattr(c, "tie_word_embeddings", False)),
             "pad_id": c.pad_token_id,
-            "extra": {"hf": {"model_type": c.model_type, **_tokens(c)}},
+            "extra": {"hf": {"model_type": c.model_type, **hf_tokens(c)}},
         }
 
     def weights(self, c, w: Weights, cfg: ModelConfig) -> dict[str, Tensor]:
@@ -110,10 +93,10 @@ class Phi(HFFamily):
             h, t = f"layers.{i}.", block_key(i)
             for a, b in (("q_proj", "q_proj"), ("k_proj", "k_proj"), ("v_proj", "v_proj"),
                          ("dense", "o_proj")):
-                _linear(w, f"{h}self_attn.{a}", f"{t}sublayers.0.mixer.{b}", sd)
-            _linear(w, f"{h}mlp.fc1", f"{t}sublayers.0.ffn.fc1", sd)
-            _linear(w, f"{h}mlp.fc2", f"{t}sublayers.0.ffn.fc2", sd)
-            _linear(w, f"{h}input_layernorm", f"{t}residuals.0.norm", sd)
-        _linear(w, "final_layernorm", "norm", sd)
+                linear(w, f"{h}self_attn.{a}", f"{t}sublayers.0.mixer.{b}", sd)
+            linear(w, f"{h}mlp.fc1", f"{t}sublayers.0.ffn.fc1", sd)
+            linear(w, f"{h}mlp.fc2", f"{t}sublayers.0.ffn.fc2", sd)
+            linear(w, f"{h}input_layernorm", f"{t}residuals.0.norm", sd)
+        linear(w, "final_layernorm", "norm", sd)
         _head(c, w, sd, cfg)
         return sd

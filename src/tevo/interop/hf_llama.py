@@ -11,8 +11,9 @@ from torch import Tensor
 
 from ..config import ModelConfig
 from ..registry import MIXERS, split_spec
-from .hf import (ACTIVATIONS_BACK, ConversionError, HFFamily, UnsupportedHFOption, Weights,
-                 activation, block_key, head_dim_of, register, require, rope_parameters)
+from .hf import (ACTIVATIONS_BACK, HFFamily, UnsupportedHFOption, Weights, activation,
+                 block_key, exported_tokens, head_dim_of, hf_tokens, linear, lm_head,
+                 plain_stack_problems, register, require, rope_parameters)
 
 
 def rope_spec(c, head_dim: int, partial: float | None = None, layout: str = "half") -> dict:
@@ -30,12 +31,6 @@ def rope_spec(c, head_dim: int, partial: float | None = None, layout: str = "hal
         raise UnsupportedHFOption(c.model_type, "rope_parameters.rope_type", kind,
                                   "default, linear")
     return spec
-
-
-def linear(w: Weights, hf: str, tevo: str, sd: dict) -> None:
-    sd[f"{tevo}.weight"] = w.take(f"{hf}.weight")
-    if f"{hf}.bias" in w:
-        sd[f"{tevo}.bias"] = w.take(f"{hf}.bias")
 
 
 def sliding_window_mixer(c, mixer: dict, window) -> dict:
@@ -92,9 +87,7 @@ class LlamaLike(HFFamily):
             "dropout": float(getattr(c, "attention_dropout", 0.0) or 0.0),
             "tie_embeddings": bool(getattr(c, "tie_word_embeddings", False)),
             "pad_id": c.pad_token_id,
-            "extra": {"hf": {"model_type": c.model_type,
-                             **{k: getattr(c, k, None) for k in
-                                ("bos_token_id", "eos_token_id", "pad_token_id")}}},
+            "extra": {"hf": {"model_type": c.model_type, **hf_tokens(c)}},
         }
 
     def weights(self, c, w: Weights, cfg: ModelConfig) -> dict[str, Tensor]:
@@ -110,15 +103,7 @@ class LlamaLike(HFFamily):
             sd[f"{t}residuals.0.norm.weight"] = w.take(f"{h}input_layernorm.weight")
             sd[f"{t}residuals.1.norm.weight"] = w.take(f"{h}post_attention_layernorm.weight")
         sd["norm.weight"] = w.take("norm.weight")
-        lm = w.get("lm_head.weight")
-        if cfg.tie_embeddings:
-            if lm is not None and not lm.equal(sd["embed.weight"]):
-                raise ConversionError(f"{c.model_type}: tie_word_embeddings=True but "
-                                      f"lm_head.weight differs from embed_tokens.weight")
-        elif lm is None:
-            raise ConversionError(f"{c.model_type}: the weights have no lm_head.weight")
-        else:
-            sd["head.weight"] = lm
+        lm_head(c, w, sd, cfg, "embed_tokens.weight")
         return sd
 
 
@@ -160,15 +145,7 @@ class Llama(LlamaLike):
             fname, fkw.get("activation", "sigmoid") if fname == "glu" else None)
         if act is None or act not in ACTIVATIONS_BACK:
             p.append(f"ffn {fname!r} (needs a gated FFN: swiglu)")
-        if cfg.layout.split() != ["a", "f"]:
-            p.append(f"layout {cfg.layout!r} (needs 'a f')")
-        for k, bad in (("layers", bool(cfg.layers)), ("embedding_norm", cfg.embedding_norm),
-                       ("final_norm=False", cfg.final_norm is False), ("head_bias", cfg.head_bias),
-                       ("n_segments", cfg.n_segments), ("memory", cfg.memory is not None),
-                       ("causal=False", cfg.causal is False)):
-            if bad:
-                p.append(f"{k} is set")
-        return p
+        return p + plain_stack_problems(cfg, causal=True)
 
     def export_config(self, cfg: ModelConfig, model):
         import transformers
@@ -190,8 +167,7 @@ class Llama(LlamaLike):
             rope = {"rope_theta": theta}
             if rp["rope_type"] != "default":
                 rope["rope_scaling"] = {"rope_type": rp["rope_type"], "factor": rp["factor"]}
-        toks = dict((cfg.extra or {}).get("hf", {}))
-        toks = {k: toks.get(k) for k in ("bos_token_id", "eos_token_id", "pad_token_id")}
+        toks = exported_tokens(cfg)
         return LlamaConfig(
             vocab_size=cfg.vocab_size, hidden_size=cfg.d_model,
             intermediate_size=int(ffn.up_proj.out_features), num_hidden_layers=cfg.n_layers,

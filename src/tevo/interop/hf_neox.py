@@ -18,13 +18,9 @@ import torch
 from torch import Tensor
 
 from ..config import ModelConfig
-from .hf import (ConversionError, HFFamily, UnsupportedHFOption, Weights, activation,
-                 block_key, register, require)
+from .hf import (HFFamily, UnsupportedHFOption, Weights, activation, block_key, hf_tokens,
+                 lm_head, register, require)
 from .hf_llama import rope_spec
-
-
-def _tokens(c) -> dict:
-    return {k: getattr(c, k, None) for k in ("bos_token_id", "eos_token_id", "pad_token_id")}
 
 
 def split_fused(W: Tensor, b: Tensor | None, heads: int, kv: int, hd: int, layout: str):
@@ -137,7 +133,7 @@ class FusedDecoder(HFFamily):
             "layout": "a f" if lay == "a f" else "p", "position": position,
             "embedding_norm": embedding_norm, "dropout": float(dropout or 0.0),
             "tie_embeddings": bool(tie), "pad_id": c.pad_token_id,
-            "extra": {"hf": {"model_type": c.model_type, **_tokens(c)}},
+            "extra": {"hf": {"model_type": c.model_type, **hf_tokens(c)}},
         }
 
 
@@ -230,15 +226,7 @@ def _bloom_max_len(c) -> int:
 
 
 def _tied_head(c, w: Weights, sd: dict, cfg: ModelConfig) -> None:
-    lm = w.get("lm_head.weight")
-    if cfg.tie_embeddings:
-        if lm is not None and not lm.equal(sd["embed.weight"]):
-            raise ConversionError(f"{c.model_type}: tie_word_embeddings=True but lm_head.weight "
-                                  f"differs from the word embeddings")
-    elif lm is None:
-        raise ConversionError(f"{c.model_type}: the weights have no lm_head.weight")
-    else:
-        sd["head.weight"] = lm
+    lm_head(c, w, sd, cfg, "the word embeddings")
 
 
 @register

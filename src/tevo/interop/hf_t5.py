@@ -17,7 +17,8 @@ import math
 from torch import Tensor
 
 from ..config import ModelConfig
-from .hf import ConversionError, HFFamily, Weights, activation, block_key, register, require
+from .hf import (ConversionError, HFFamily, Weights, activation, block_key, hf_tokens, register,
+                 require)
 
 
 def _scaled_outputs(c) -> bool:
@@ -55,8 +56,7 @@ class T5(HFFamily):
             "extra": {"dec_position": {**bias, "bidirectional": False},
                       "hf": {"model_type": c.model_type,
                              "decoder_start_token_id": getattr(c, "decoder_start_token_id", None),
-                             **{k: getattr(c, k, None) for k in
-                                ("bos_token_id", "eos_token_id", "pad_token_id")}}},
+                             **hf_tokens(c)}},
         }
 
     def weights(self, c, w: Weights, cfg: ModelConfig) -> dict[str, Tensor]:

@@ -98,6 +98,11 @@ class ProgressDisplay:
             self.task = self.bar.add_task("train", total=total, completed=start, info="")
             self.bar.start()
 
+    def tick(self, step: int) -> None:
+        """Move the bar (between logged steps)."""
+        if self.bar is not None:
+            self.bar.update(self.task, completed=step)
+
     def update(self, step: int, info: str, eta_s: float | None = None, force: bool = False):
         if not self.enabled:
             return

@@ -263,12 +263,12 @@ class Trainer:
         ``stop_at``: save a checkpoint and return at that step, as an interruption would."""
         tc, d = self.cfg.train, self.dist
         self.t_loop = time.time()
+        log = MetricsLog(self.run_dir, self.step if self.resumed_from else None,
+                         tc.tensorboard) if d.is_main else None
         old_threads = torch.get_num_threads()
         n_threads = resolve_threads(tc.threads)
         if n_threads and self.device.type == "cpu":
             torch.set_num_threads(n_threads)
-        log = MetricsLog(self.run_dir, self.step if self.resumed_from else None,
-                         tc.tensorboard) if d.is_main else None
         bar = ProgressDisplay(tc.steps, self.step, tc.progress and d.is_main)
         if self.resumed_from:
             bar.message(f"resumed from {self.resumed_from} at step {self.step}")
@@ -286,6 +286,7 @@ class Trainer:
                 w_tokens += n_tok
                 w_time += dt
                 s = self.step
+                bar.tick(s)
                 if s % tc.log_every == 0 or s == tc.steps:
                     window.all_reduce(self.device)
                     m = window.means()

@@ -48,6 +48,30 @@ def merge_heads(t: Tensor) -> Tensor:
     return t.transpose(1, 2).reshape(B, n, h * e)              # (B, n, h·e)
 
 
+def qkvo(d_model: int, inner: int, bias: bool) -> tuple[nn.Linear, nn.Linear, nn.Linear,
+                                                          nn.Linear]:
+    """Query, key, value (d_model → inner) and output (inner → d_model) projections, made in
+    that order."""
+    return (nn.Linear(d_model, inner, bias=bias), nn.Linear(d_model, inner, bias=bias),
+            nn.Linear(d_model, inner, bias=bias), nn.Linear(inner, d_model, bias=bias))
+
+
+def project_qkv(mixer: nn.Module, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """(B, h, n, e) queries, keys, values from ``mixer``'s ``q_proj``, ``k_proj``, ``v_proj``."""
+    h = mixer.heads
+    q, k, v = (split_heads(p(x), h) for p in (mixer.q_proj, mixer.k_proj, mixer.v_proj))
+    return q, k, v
+
+
+def rotate_qk(q: Tensor, k: Tensor, x: Tensor, ctx: MixerContext):
+    """q, k rotated by a ``qk`` position hook (unchanged without one), and the (B, n) query
+    positions of x."""
+    pos = ctx.query_positions(x)
+    if ctx.pos is not None and "qk" in ctx.pos.hooks:
+        q, k = ctx.pos.rotate(q, k, pos, pos)
+    return q, k, pos
+
+
 def key_mask(mask: Tensor | None, like: Tensor) -> Tensor | None:
     """(B, n) real-token mask → (B, 1, n, 1) in ``like``'s dtype."""
     return None if mask is None else mask[:, None, :, None].to(like.dtype)
@@ -81,11 +105,8 @@ class KernelAttention(Mixer):
         if normalize not in NORMALIZE:
             raise ConfigError("mixer.normalize", normalize, NORMALIZE)
         self.chunk, self.normalize, self.eps, self.scale = int(chunk), normalize, eps, scale
-        inner = self.heads * self.head_dim
-        self.q_proj = nn.Linear(d_model, inner, bias=bias)
-        self.k_proj = nn.Linear(d_model, inner, bias=bias)
-        self.v_proj = nn.Linear(d_model, inner, bias=bias)
-        self.o_proj = nn.Linear(inner, d_model, bias=bias)
+        self.q_proj, self.k_proj, self.v_proj, self.o_proj = qkvo(
+            d_model, self.heads * self.head_dim, bias)
         self.fmap = build_feature_map(feature_map, self.head_dim, self.heads, max_len)
 
     def init_state(self, batch: int, device=None, dtype=None) -> dict:
@@ -94,9 +115,7 @@ class KernelAttention(Mixer):
     # -- hooks for subclasses ------------------------------------------------------------------
     def qkv(self, x: Tensor, ctx: MixerContext):
         """(B, h, n, e) queries, keys, values before the feature map."""
-        h = self.heads
-        return (split_heads(self.q_proj(x), h), split_heads(self.k_proj(x), h),
-                split_heads(self.v_proj(x), h))
+        return project_qkv(self, x)
 
     def gates(self, x: Tensor, ctx: MixerContext):
         """(log_decay (B, h, n) or None, key weight (B, h, n) or None): RFA's gate."""
@@ -116,10 +135,7 @@ class KernelAttention(Mixer):
         if self.training:
             self.fmap.maybe_redraw()
         q, k, v = self.qkv(x, ctx)
-        q_pos = ctx.query_positions(x)
-        pos = ctx.pos
-        if pos is not None and "qk" in pos.hooks:
-            q, k = pos.rotate(q, k, q_pos, q_pos)
+        q, k, q_pos = rotate_qk(q, k, x, ctx)
         out_dtype = v.dtype
         mask = ctx.query_mask(n)
         log_decay, k_weight = self.gates(x, ctx)            # in the model's dtype, then fp32

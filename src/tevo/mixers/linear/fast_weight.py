@@ -22,7 +22,7 @@ from ...nn.chunked import DELTA_FORMS, check_form, delta_rule, fp32_region, upca
 from ...nn.context import MixerContext
 from ...registry import MIXERS
 from ..base import Mixer, Supports
-from .common import KERNEL_POSITIONS, head_dims, merge_heads, split_heads
+from .common import KERNEL_POSITIONS, head_dims, merge_heads, project_qkv, rotate_qk
 from .feature_maps import build_feature_map
 
 
@@ -83,11 +83,8 @@ class FastWeightProgrammer(DeltaRuleBase):
 
     def forward(self, x: Tensor, ctx: MixerContext, state=None):
         B, n, _ = x.shape
-        h = self.heads
-        q, k, v = (split_heads(p(x), h) for p in (self.q_proj, self.k_proj, self.v_proj))
-        pos = ctx.query_positions(x)
-        if ctx.pos is not None and "qk" in ctx.pos.hooks:
-            q, k = ctx.pos.rotate(q, k, pos, pos)
+        q, k, v = project_qkv(self, x)
+        q, k, pos = rotate_qk(q, k, x, ctx)
         dtype = v.dtype
         mask = ctx.query_mask(n)
         beta = torch.sigmoid(upcast(self.beta_proj(x))).transpose(1, 2)       # (B, h, n)

@@ -20,13 +20,13 @@ Complexity: time O(n d²), memory O(n d + h d²).
 from __future__ import annotations
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from ...nn.chunked import FORMS, NEG, check_form, fp32_region, linear_attention, upcast
 from ...nn.context import MixerContext
 from ...registry import MIXERS
 from ..base import Mixer, Supports
-from .common import head_dims, merge_heads, split_heads
+from .common import head_dims, key_mask, merge_heads, project_qkv, qkvo, rotate_qk
 
 
 def _cumsum(x: Tensor, start: Tensor | None, dim: int = 2) -> Tensor:
@@ -56,27 +56,21 @@ class FlowAttention(Mixer):
         self.heads = int(heads)
         self.head_dim = head_dims(d_model, heads, head_dim)
         self.form, self.chunk, self.eps = check_form(form, FORMS), int(chunk), eps
-        inner = self.heads * self.head_dim
-        self.q_proj = nn.Linear(d_model, inner, bias=bias)
-        self.k_proj = nn.Linear(d_model, inner, bias=bias)
-        self.v_proj = nn.Linear(d_model, inner, bias=bias)
-        self.o_proj = nn.Linear(inner, d_model, bias=bias)
+        self.q_proj, self.k_proj, self.v_proj, self.o_proj = qkvo(
+            d_model, self.heads * self.head_dim, bias)
 
     def init_state(self, batch: int, device=None, dtype=None) -> dict:
         return {}
 
     def forward(self, x: Tensor, ctx: MixerContext, state=None):
         B, n, _ = x.shape
-        h = self.heads
-        q, k, v = (split_heads(p(x), h) for p in (self.q_proj, self.k_proj, self.v_proj))
-        pos = ctx.query_positions(x)
-        if ctx.pos is not None and "qk" in ctx.pos.hooks:
-            q, k = ctx.pos.rotate(q, k, pos, pos)
+        q, k, v = project_qkv(self, x)
+        q, k, pos = rotate_qk(q, k, x, ctx)
         mask = ctx.query_mask(n)
         dtype = v.dtype
         with fp32_region(x.device.type):
             q, k, v = torch.sigmoid(upcast(q)), torch.sigmoid(upcast(k)), upcast(v)
-            m = None if mask is None else mask[:, None, :, None].to(q.dtype)   # (B, 1, n, 1)
+            m = key_mask(mask, q)                                             # (B, 1, n, 1)
             if m is not None:
                 q, k, v = q * m, k * m, v * m
             if ctx.causal:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from ...errors import ConfigError
 from ...nn.chunked import NEG, fp32_region, upcast
@@ -26,7 +26,7 @@ from ...nn.context import MixerContext
 from ...nn.masks import attention_mask
 from ...registry import MIXERS
 from ..base import Mixer, Supports
-from .common import head_dims, merge_heads, split_heads
+from .common import head_dims, merge_heads, project_qkv, qkvo
 
 
 @MIXERS.register(
@@ -54,11 +54,8 @@ class FourierIntegralAttention(Mixer):
         self.heads = int(heads)
         self.head_dim = head_dims(d_model, heads, head_dim)
         self.R, self.p = float(radius), int(power)
-        inner = self.heads * self.head_dim
-        self.q_proj = nn.Linear(d_model, inner, bias=bias)
-        self.k_proj = nn.Linear(d_model, inner, bias=bias)
-        self.v_proj = nn.Linear(d_model, inner, bias=bias)
-        self.o_proj = nn.Linear(inner, d_model, bias=bias)
+        self.q_proj, self.k_proj, self.v_proj, self.o_proj = qkvo(
+            d_model, self.heads * self.head_dim, bias)
 
     def init_state(self, batch: int, device=None, dtype=None) -> dict:
         return {}
@@ -74,8 +71,7 @@ class FourierIntegralAttention(Mixer):
 
     def forward(self, x: Tensor, ctx: MixerContext, state=None):
         B, n, _ = x.shape
-        h = self.heads
-        q, k, v = (split_heads(p(x), h) for p in (self.q_proj, self.k_proj, self.v_proj))
+        q, k, v = project_qkv(self, x)
         if state is not None and "k" in state:
             k, v = torch.cat([state["k"], k], 2), torch.cat([state["v"], v], 2)
         new_state = None if state is None else {"k": k, "v": v}

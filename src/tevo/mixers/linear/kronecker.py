@@ -18,14 +18,14 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 from ...errors import ConfigError
 from ...nn.attention import eager_attention
 from ...nn.context import MixerContext
 from ...registry import MIXERS
 from ..base import Mixer, Supports
-from .common import head_dims, merge_heads, split_heads
+from .common import head_dims, merge_heads, qkvo, split_heads
 
 MODES = ("kv", "qkv")
 
@@ -69,11 +69,8 @@ class KroneckerAttention(Mixer):
             raise ConfigError("mixer.width", width, why="must be >= 1")
         self.heads, self.width, self.mode = int(heads), int(width), mode
         self.head_dim = head_dims(d_model, heads, head_dim)
-        inner = self.heads * self.head_dim
-        self.q_proj = nn.Linear(d_model, inner, bias=bias)
-        self.k_proj = nn.Linear(d_model, inner, bias=bias)
-        self.v_proj = nn.Linear(d_model, inner, bias=bias)
-        self.o_proj = nn.Linear(inner, d_model, bias=bias)
+        self.q_proj, self.k_proj, self.v_proj, self.o_proj = qkvo(
+            d_model, self.heads * self.head_dim, bias)
 
     def forward(self, x: Tensor, ctx: MixerContext, state=None):
         B, n, _ = x.shape

@@ -44,6 +44,17 @@ def segment_means(x: Tensor, mask: Tensor | None, m: int) -> tuple[Tensor, Tenso
     return sums / counts.clamp_min(1)[:, None, :, None], counts > 0
 
 
+def landmark_options(landmarks: int, pinv_iters: int, pinv_method: str, least: int = 1,
+                     why: str = "must be >= 1") -> tuple[int, int, str]:
+    """Checked (landmarks, pinv_iters, pinv_method) of a landmark mixer: at least ``least``
+    landmarks and a known pseudo-inverse method."""
+    if int(landmarks) < least:
+        raise ConfigError("mixer.landmarks", landmarks, why=why)
+    if pinv_method not in PINV:
+        raise ConfigError("mixer.pinv_method", pinv_method, PINV)
+    return int(landmarks), int(pinv_iters), pinv_method
+
+
 def _init(A: Tensor) -> Tensor:
     n1 = A.abs().sum(-2).amax(-1)                                         # ‖A‖₁ (max column sum)
     ninf = A.abs().sum(-1).amax(-1)                                       # ‖A‖_∞ (max row sum)

@@ -17,13 +17,12 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from ...errors import ConfigError
 from ...nn.chunked import NEG, fp32_region, upcast
 from ...nn.context import MixerContext
 from ...registry import MIXERS
 from ..base import Mixer, Supports
-from .common import head_dims, merge_heads, split_heads
-from .landmarks import PINV, mask_landmark_matrix, pinv, segment_means
+from .common import head_dims, key_mask, merge_heads, project_qkv, qkvo, rotate_qk
+from .landmarks import landmark_options, mask_landmark_matrix, pinv, segment_means
 
 
 @MIXERS.register(
@@ -45,17 +44,10 @@ class NystromAttention(Mixer):
         super().__init__()
         self.heads = int(heads)
         self.head_dim = head_dims(d_model, heads, head_dim)
-        if int(landmarks) < 1:
-            raise ConfigError("mixer.landmarks", landmarks, why="must be >= 1")
-        if pinv_method not in PINV:
-            raise ConfigError("mixer.pinv_method", pinv_method, PINV)
-        self.landmarks, self.pinv_iters, self.pinv_method = int(landmarks), int(pinv_iters), \
-            pinv_method
-        inner = self.heads * self.head_dim
-        self.q_proj = nn.Linear(d_model, inner, bias=bias)
-        self.k_proj = nn.Linear(d_model, inner, bias=bias)
-        self.v_proj = nn.Linear(d_model, inner, bias=bias)
-        self.o_proj = nn.Linear(inner, d_model, bias=bias)
+        self.landmarks, self.pinv_iters, self.pinv_method = landmark_options(
+            landmarks, pinv_iters, pinv_method)
+        self.q_proj, self.k_proj, self.v_proj, self.o_proj = qkvo(
+            d_model, self.heads * self.head_dim, bias)
         self.conv = None
         if conv_kernel:                           # depthwise conv over the sequence, per head
             self.conv = nn.Conv2d(self.heads, self.heads, (int(conv_kernel), 1),
@@ -64,11 +56,8 @@ class NystromAttention(Mixer):
 
     def forward(self, x: Tensor, ctx: MixerContext, state=None):
         B, n, _ = x.shape
-        h = self.heads
-        q, k, v = (split_heads(p(x), h) for p in (self.q_proj, self.k_proj, self.v_proj))
-        pos = ctx.query_positions(x)
-        if ctx.pos is not None and "qk" in ctx.pos.hooks:
-            q, k = ctx.pos.rotate(q, k, pos, pos)
+        q, k, v = project_qkv(self, x)
+        q, k, pos = rotate_qk(q, k, x, ctx)
         mask = ctx.query_mask(n)
         dtype = v.dtype
         with fp32_region(x.device.type):
@@ -79,7 +68,7 @@ class NystromAttention(Mixer):
         s = self.head_dim ** -0.25                  # q/d^¼ · k/d^¼ = qk/√d
         q, k = q * s, k * s
         if mask is not None:
-            v = v * mask[:, None, :, None].to(v.dtype)
+            v = v * key_mask(mask, v)
         ql, ok = segment_means(q, mask, self.landmarks)            # (B, h, m, e), (B, m)
         kl, _ = segment_means(k, mask, self.landmarks)
         lm = ~ok[:, None, None, :]                                  # empty landmarks

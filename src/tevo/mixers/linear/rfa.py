@@ -29,7 +29,7 @@ from ...errors import ConfigError
 from ...nn.chunked import NEG, fp32_region, upcast
 from ...nn.context import MixerContext
 from ...registry import MIXERS
-from .common import KernelAttention, merge_heads
+from .common import KernelAttention, key_mask, merge_heads, rotate_qk
 from .landmarks import segment_means
 
 ESTIMATORS = ("rfa", "lara")
@@ -85,9 +85,7 @@ class RandomFeatureAttention(KernelAttention):
             raise ValueError("LARA is bidirectional only")
         B, n, _ = x.shape
         q, k, v = self.qkv(x, ctx)
-        q_pos = ctx.query_positions(x)
-        if ctx.pos is not None and "qk" in ctx.pos.hooks:
-            q, k = ctx.pos.rotate(q, k, q_pos, q_pos)
+        q, k, _ = rotate_qk(q, k, x, ctx)
         dtype = v.dtype
         with fp32_region(x.device.type):
             y = self.lara(upcast(q), upcast(k), upcast(v), ctx.query_mask(n))
@@ -98,7 +96,7 @@ class RandomFeatureAttention(KernelAttention):
         e = q.shape[-1]
         qs, ks = q * e ** -0.25, k * e ** -0.25                    # exp(qk/√e) = exp(q̃k̃)
         if mask is not None:
-            m4 = mask[:, None, :, None].to(q.dtype)
+            m4 = key_mask(mask, q)
             qs, ks, v = qs * m4, ks * m4, v * m4
         q_bar, ok = segment_means(qs, mask, self.landmarks)       # (B, h, C, e), (B, C)
         k_bar, _ = segment_means(ks, mask, self.landmarks)

@@ -18,15 +18,14 @@ Bidirectional only. Complexity: time O(n m d + m³), memory O(n m + m²).
 from __future__ import annotations
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from ...errors import ConfigError
 from ...nn.chunked import fp32_region, upcast
 from ...nn.context import MixerContext
 from ...registry import MIXERS
 from ..base import Mixer, Supports
-from .common import head_dims, merge_heads, split_heads
-from .landmarks import PINV, mask_landmark_matrix, pinv, segment_means
+from .common import head_dims, key_mask, merge_heads, project_qkv, qkvo, rotate_qk
+from .landmarks import landmark_options, mask_landmark_matrix, pinv, segment_means
 from .soft import gaussian_kernel
 
 
@@ -49,26 +48,17 @@ class Skyformer(Mixer):
         super().__init__()
         self.heads = int(heads)
         self.head_dim = head_dims(d_model, heads, head_dim)
-        if int(landmarks) < 2:
-            raise ConfigError("mixer.landmarks", landmarks, why="must be >= 2 (half from Q, "
-                                                               "half from K)")
-        if pinv_method not in PINV:
-            raise ConfigError("mixer.pinv_method", pinv_method, PINV)
-        self.landmarks, self.ridge = int(landmarks), float(ridge)
-        self.pinv_iters, self.pinv_method = int(pinv_iters), pinv_method
-        inner = self.heads * self.head_dim
-        self.q_proj = nn.Linear(d_model, inner, bias=bias)
-        self.k_proj = nn.Linear(d_model, inner, bias=bias)
-        self.v_proj = nn.Linear(d_model, inner, bias=bias)
-        self.o_proj = nn.Linear(inner, d_model, bias=bias)
+        self.landmarks, self.pinv_iters, self.pinv_method = landmark_options(
+            landmarks, pinv_iters, pinv_method, least=2,
+            why="must be >= 2 (half from Q, half from K)")
+        self.ridge = float(ridge)
+        self.q_proj, self.k_proj, self.v_proj, self.o_proj = qkvo(
+            d_model, self.heads * self.head_dim, bias)
 
     def forward(self, x: Tensor, ctx: MixerContext, state=None):
         B, n, _ = x.shape
-        h = self.heads
-        q, k, v = (split_heads(p(x), h) for p in (self.q_proj, self.k_proj, self.v_proj))
-        pos = ctx.query_positions(x)
-        if ctx.pos is not None and "qk" in ctx.pos.hooks:
-            q, k = ctx.pos.rotate(q, k, pos, pos)
+        q, k, v = project_qkv(self, x)
+        q, k, pos = rotate_qk(q, k, x, ctx)
         dtype = v.dtype
         with fp32_region(x.device.type):
             y = self.attend(upcast(q), upcast(k), upcast(v), ctx.query_mask(n))
@@ -78,7 +68,7 @@ class Skyformer(Mixer):
         s = self.head_dim ** -0.25
         q, k = q * s, k * s
         if mask is not None:
-            m4 = mask[:, None, :, None].to(v.dtype)
+            m4 = key_mask(mask, v)
             k, v = k * m4, v * m4
         mq = self.landmarks // 2
         sq, okq = segment_means(q, mask, mq)
@@ -88,7 +78,7 @@ class Skyformer(Mixer):
         qf = gaussian_kernel(q, S, 0.5) * okm                        # κ(Q, S): (B, h, n, m)
         kf = gaussian_kernel(k, S, 0.5) * okm                        # κ(K, S)
         if mask is not None:
-            kf = kf * mask[:, None, :, None].to(kf.dtype)
+            kf = kf * key_mask(mask, kf)
         eye = torch.eye(S.shape[2], dtype=q.dtype, device=q.device)
         C = mask_landmark_matrix(gaussian_kernel(S, S, 0.5) + self.ridge * eye, ok)
         dinv = C.sum(-1).clamp_min(1e-12).rsqrt()                    # D^{-½}: (B, h, m)

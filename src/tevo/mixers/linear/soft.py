@@ -16,13 +16,12 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from ...errors import ConfigError
 from ...nn.chunked import fp32_region, upcast
 from ...nn.context import MixerContext
 from ...registry import MIXERS
 from ..base import Mixer, Supports
-from .common import head_dims, merge_heads, split_heads
-from .landmarks import PINV, mask_landmark_matrix, pinv, segment_means
+from .common import head_dims, key_mask, merge_heads, rotate_qk, split_heads
+from .landmarks import landmark_options, mask_landmark_matrix, pinv, segment_means
 
 
 def gaussian_kernel(a: Tensor, b: Tensor, scale: float) -> Tensor:
@@ -53,12 +52,8 @@ class SoftAttention(Mixer):
         super().__init__()
         self.heads = int(heads)
         self.head_dim = head_dims(d_model, heads, head_dim)
-        if int(landmarks) < 1:
-            raise ConfigError("mixer.landmarks", landmarks, why="must be >= 1")
-        if pinv_method not in PINV:
-            raise ConfigError("mixer.pinv_method", pinv_method, PINV)
-        self.landmarks, self.pinv_iters, self.pinv_method = int(landmarks), int(pinv_iters), \
-            pinv_method
+        self.landmarks, self.pinv_iters, self.pinv_method = landmark_options(
+            landmarks, pinv_iters, pinv_method)
         inner = self.heads * self.head_dim
         self.q_proj = nn.Linear(d_model, inner, bias=bias)        # Q = K (symmetric kernel)
         self.v_proj = nn.Linear(d_model, inner, bias=bias)
@@ -68,9 +63,7 @@ class SoftAttention(Mixer):
         B, n, _ = x.shape
         q = split_heads(self.q_proj(x), self.heads)
         v = split_heads(self.v_proj(x), self.heads)
-        pos = ctx.query_positions(x)
-        if ctx.pos is not None and "qk" in ctx.pos.hooks:
-            q, _ = ctx.pos.rotate(q, q, pos, pos)
+        q, _, _ = rotate_qk(q, q, x, ctx)
         dtype = v.dtype
         with fp32_region(x.device.type):
             y = self.attend(upcast(q), upcast(v), ctx.query_mask(n))
@@ -79,7 +72,7 @@ class SoftAttention(Mixer):
     def attend(self, q: Tensor, v: Tensor, mask: Tensor | None) -> Tensor:
         scale = 1.0 / (2.0 * self.head_dim ** 0.5)
         if mask is not None:
-            v = v * mask[:, None, :, None].to(v.dtype)
+            v = v * key_mask(mask, v)
         ql, ok = segment_means(q, mask, self.landmarks)            # (B, h, m, e)
         okm = ok[:, None, None, :].to(q.dtype)
         f = gaussian_kernel(q, ql, scale) * okm                     # (B, h, n, m)

@@ -22,7 +22,7 @@ from ...nn.chunked import fp32_region, upcast
 from ...nn.context import MixerContext
 from ...registry import MIXERS
 from ..base import Mixer, Supports
-from .common import head_dims, merge_heads, split_heads
+from .common import head_dims, key_mask, merge_heads, project_qkv, qkvo
 
 
 @MIXERS.register(
@@ -43,24 +43,20 @@ class UFOAttention(Mixer):
         super().__init__()
         self.heads = int(heads)
         self.head_dim = head_dims(d_model, heads, head_dim)
-        inner = self.heads * self.head_dim
-        self.q_proj = nn.Linear(d_model, inner, bias=bias)
-        self.k_proj = nn.Linear(d_model, inner, bias=bias)
-        self.v_proj = nn.Linear(d_model, inner, bias=bias)
-        self.o_proj = nn.Linear(inner, d_model, bias=bias)
+        self.q_proj, self.k_proj, self.v_proj, self.o_proj = qkvo(
+            d_model, self.heads * self.head_dim, bias)
         self.gamma = nn.Parameter(torch.ones(self.heads, 1, 1))
         self.eps = eps
 
     def forward(self, x: Tensor, ctx: MixerContext, state=None):
         n = x.shape[1]
-        h = self.heads
-        q, k, v = (split_heads(p(x), h) for p in (self.q_proj, self.k_proj, self.v_proj))
+        q, k, v = project_qkv(self, x)
         mask = ctx.query_mask(n)
         dtype = v.dtype
         with fp32_region(x.device.type):
             q, k, v = upcast(q), upcast(k), upcast(v)
             if mask is not None:
-                m = mask[:, None, :, None].to(k.dtype)
+                m = key_mask(mask, k)
                 k, v = k * m, v * m
             g = upcast(self.gamma)
             kv = k.transpose(-1, -2) @ v                                    # (B, h, e, e)

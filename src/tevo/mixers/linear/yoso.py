@@ -33,7 +33,7 @@ from ...nn.context import MixerContext
 from ...nn.masks import attention_mask
 from ...registry import MIXERS
 from ..base import Mixer, Supports
-from .common import head_dims, merge_heads, split_heads
+from .common import head_dims, key_mask, merge_heads, project_qkv, qkvo, rotate_qk
 
 MODES = ("sample", "expectation")
 
@@ -81,11 +81,8 @@ class YOSOAttention(Mixer):
         self.heads = int(heads)
         self.head_dim = head_dims(d_model, heads, head_dim)
         self.tau, self.m, self.mode, self.chunk = int(hash_bits), int(n_hashes), mode, int(chunk)
-        inner = self.heads * self.head_dim
-        self.q_proj = nn.Linear(d_model, inner, bias=bias)
-        self.k_proj = nn.Linear(d_model, inner, bias=bias)
-        self.v_proj = nn.Linear(d_model, inner, bias=bias)
-        self.o_proj = nn.Linear(inner, d_model, bias=bias)
+        self.q_proj, self.k_proj, self.v_proj, self.o_proj = qkvo(
+            d_model, self.heads * self.head_dim, bias)
         self.register_buffer("planes", torch.randn(self.m, self.tau, self.head_dim))
         self.conv = None
         if conv_window:
@@ -102,17 +99,14 @@ class YOSOAttention(Mixer):
 
     def forward(self, x: Tensor, ctx: MixerContext, state=None):
         B, n, _ = x.shape
-        h = self.heads
-        q, k, v = (split_heads(p(x), h) for p in (self.q_proj, self.k_proj, self.v_proj))
-        pos = ctx.query_positions(x)
-        if ctx.pos is not None and "qk" in ctx.pos.hooks:
-            q, k = ctx.pos.rotate(q, k, pos, pos)
+        q, k, v = project_qkv(self, x)
+        q, k, pos = rotate_qk(q, k, x, ctx)
         mask = ctx.query_mask(n)
         dtype = v.dtype
         with fp32_region(x.device.type):
             q, k, v = F.normalize(upcast(q), dim=-1), F.normalize(upcast(k), dim=-1), upcast(v)
             if mask is not None:
-                v = v * mask[:, None, :, None].to(v.dtype)
+                v = v * key_mask(mask, v)
             if self.mode == "expectation" or self.training:
                 y, new_state = self._expectation(q, k, v, ctx, state)
             else:
