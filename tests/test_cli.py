@@ -22,6 +22,7 @@ def corpus(tmp_path_factory):
 def tiny(corpus, out, *extra) -> list[str]:
     return [f"data.path={corpus}", "data.seq_len=32", "model.d_model=32", "model.n_layers=1",
             "model.max_len=32", "model.mixer={name: softmax, heads: 2}", "train.batch_size=8",
+            "model.position=learned",
             "train.steps=6", "train.warmup=2", "train.eval_every=3", "train.eval_batches=1",
             "train.final_eval_batches=2", "train.sample_tokens=20", "train.progress=false",
             "train.max_minutes=null", f"train.out_dir={out}", *extra]

@@ -2,8 +2,6 @@
 deterministic, resumable sampler."""
 from __future__ import annotations
 
-import hashlib
-
 import numpy as np
 import pytest
 import torch

@@ -491,9 +491,8 @@ class Report:
             fig = plt.figure(figsize=(7.5, 5.0))
             try:
                 draw(fig)
-                fig.tight_layout()
                 path = out / self.figure_file(name)
-                fig.savefig(path, dpi=110)
+                fig.savefig(path, dpi=110, bbox_inches="tight")
                 done[name] = path.name
             except Exception as e:          # a plot never takes the numbers down with it
                 self.notes.append(f"plot {name!r} failed: {type(e).__name__}: {e}")
@@ -600,8 +599,18 @@ def loglog_plot(series: dict, xlabel: str, ylabel: str, title: str = "", base: i
             ax.set_title(title)
         ax.grid(True, which="both", alpha=0.3)
         if series:
-            ax.legend(fontsize=6, ncol=2 if len(series) > 12 else 1, loc="best")
+            legend(ax, len(series))
     return draw
+
+
+def legend(ax, n_series: int) -> None:
+    """Inside the axes for a few series, outside on the right for many (figures are saved
+    with a tight bounding box, so the legend widens the image instead of hiding the data)."""
+    if n_series <= 10:
+        ax.legend(fontsize=7, loc="best")
+    else:
+        ax.legend(fontsize=6, ncol=1 + n_series // 30, loc="upper left",
+                  bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
 
 
 def time_call(fn: Callable, repeat: int, budget_s: float, sync: Callable | None = None,

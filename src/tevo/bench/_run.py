@@ -53,6 +53,10 @@ def run_all(*, quick: bool = False, out: str = "bench_results", only=None, skip=
         order = [c for c in order if c not in set(skip)]
     cli = cli or command_line("all", dict(out=out, **common), quick)
     t_all = time.perf_counter()
+    if common.get("threads"):
+        import torch
+        torch.set_num_threads(int(common["threads"]))
+    machine = machine_info(pick_device(common.get("device") or "auto"))   # at the start
     summary = []
     for name in order:
         t0 = time.perf_counter()
@@ -69,13 +73,12 @@ def run_all(*, quick: bool = False, out: str = "bench_results", only=None, skip=
                             "traceback": traceback.format_exc(limit=6)})
             stderr(f"[bench all] {name} failed: {e}")
     total = time.perf_counter() - t_all
-    _write_index(Path(out), summary, cli, total, common.get("device", "auto"))
+    _write_index(Path(out), summary, cli, total, machine)
     return summary
 
 
-def _write_index(out: Path, summary: list[dict], cli: str, total: float, device) -> None:
+def _write_index(out: Path, summary: list[dict], cli: str, total: float, m: dict) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    m = machine_info(pick_device(device or "auto"))
     rows = []
     for s in summary:
         links = ", ".join(f"[{r}]({r}.md)" for r in s["reports"]) or "—"

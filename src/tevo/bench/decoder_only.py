@@ -114,7 +114,7 @@ def run_decoder_only(opts: dict) -> list:
         ax.set_ylabel(f"numerical rank (τ={tols[0]:g}) / n")
         ax.set_ylim(0, 1.05)
         ax.grid(True, alpha=0.3)
-        ax.legend(fontsize=6)
+        ax.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     rep.figure("rank", f"numerical rank (τ={tols[0]:g}) / n against head dimension", draw)
     full = all(r["causal_min_diagonal"] > 0 for r in rows)
     rep.notes.append("Every causal matrix has a positive diagonal, hence exact rank n: "

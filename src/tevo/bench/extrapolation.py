@@ -12,7 +12,7 @@ import math
 import time
 
 from ..registry import BENCHMARKS, MIXERS, POSITIONS
-from ._common import (Command, Deadline, Option, Study, count_params, fmt, new_report,
+from ._common import (Command, Deadline, Option, Study, count_params, fmt, legend, new_report,
                       pick_device, sanitize, stderr)
 
 
@@ -162,7 +162,7 @@ def _tables(rep, rows: dict, lens: list[int], L: int) -> None:
         if lo:
             ax.set_ylim(min(lo) - 0.1, min(max(lo), min(lo) * 3) + 0.1)
         ax.grid(True, alpha=0.3)
-        ax.legend(fontsize=6, ncol=2 if len(series) > 12 else 1)
+        legend(ax, len(series))
     rep.figure("loss", "bits per character against evaluation length", draw)
 
 

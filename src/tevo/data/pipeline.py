@@ -41,10 +41,6 @@ def batch_to(batch: dict, device) -> dict:
             for k, v in batch.items()}
 
 
-def batch_rows(batch: dict) -> int:
-    return next(v.shape[0] for v in batch.values() if isinstance(v, Tensor))
-
-
 class DataModule:
     """What the trainer needs: global training batches from a resumable position, and fixed
     evaluation batches per split."""

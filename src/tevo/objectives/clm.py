@@ -15,7 +15,8 @@ from .base import IGNORE, Objective, aux_of, exact_sum, token_metrics
 
 
 @OBJECTIVES.register(
-    "clm", paper="Improving Language Understanding by Generative Pre-Training (Radford et al., 2018)",
+    "clm",
+    paper="Improving Language Understanding by Generative Pre-Training (Radford et al., 2018)",
     equation="eq. 1: L = -Σ_i log P(u_i | u_<i); loss = mean CE over scored tokens + aux",
     complexity=("O(n V)", "O(n V)"),
     test="tests/papers/test_objectives.py::test_clm_is_next_token_cross_entropy_plus_aux")

@@ -10,7 +10,6 @@ is minimised.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from ..errors import ConfigError
 from ..registry import OBJECTIVES
@@ -36,7 +35,8 @@ def label_smoothed_nll(logits, labels, eps: float, per_token: bool = False):
                      "Rethinking the Inception Architecture (Szegedy et al., 2016), §7",
     equation="loss = (1-ε)·NLL(y) + ε·mean_k(-log p_k), ε = 0.1, teacher forcing on [BOS] y",
     complexity=("O(n V)", "O(n V)"),
-    test="tests/papers/test_objectives.py::test_seq2seq_label_smoothing_matches_definition_and_optimum")
+    test="tests/papers/test_objectives.py::"
+         "test_seq2seq_label_smoothing_matches_definition_and_optimum")
 class Seq2Seq(Objective):
     """Teacher-forced target cross-entropy with label smoothing (encoder–decoder models)."""
 

@@ -168,7 +168,7 @@ class MQARTask(SyntheticTask):
 
 @TASKS.register("induction", paper="In-context Learning and Induction Heads (Olsson et al., "
                                    "2022); the H3 paper's synthetic induction-head task",
-                equation="… t x … t → x: after the trigger t, predict what followed it before",
+                equation="… t x … t → x: after the trigger t, predict what followed it",
                 test="tests/test_data_tasks.py::test_induction_target_follows_first_trigger",
                 tiny={"vocab": 8, "seq_len": 16})
 class InductionTask(SyntheticTask):

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+from contextlib import contextmanager
 from pathlib import Path
 
 DEFAULT_PRESET = "default"
@@ -34,6 +35,7 @@ def _split_args(items: list[str]) -> tuple[str | None, list[str]]:
 def _train(args) -> int:
     from ..config import load_config
     from ..errors import InputError
+    from . import distributed
     from .trainer import CONFIG, train
     config, overrides = _split_args(args.args)
     if args.resume:
@@ -48,6 +50,8 @@ def _train(args) -> int:
     else:
         cfg = load_config(config or DEFAULT_PRESET, overrides)
         summary = train(cfg)
+    distributed.barrier()                  # under torchrun: leave the process group together
+    distributed.cleanup()
     if args.json:
         print(json.dumps(summary, indent=1))
     return 0
@@ -69,10 +73,36 @@ def _fmt(v) -> str:
     return str(v)
 
 
+@contextmanager
+def _run_threads(run):
+    """Within: the CPU thread setting the run was trained with (``train.threads``)."""
+    import torch
+
+    from .trainer import resolve_threads
+    old = torch.get_num_threads()
+    n = resolve_threads(run.cfg.train.threads)
+    if n and run.device.type == "cpu":
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
 def _eval(args) -> int:
-    from .evaluate import evaluate, evaluate_lengths
     from .run import load_run
     run = load_run(args.run_dir, args.device)
+    with _run_threads(run):
+        out = _evaluate_run(run, args)
+    if args.json:
+        print(json.dumps(out, indent=1))
+        return 0
+    _print_eval(run, args, out)
+    return 0
+
+
+def _evaluate_run(run, args) -> dict:
+    from .evaluate import evaluate, evaluate_lengths
     tc = run.cfg.train
     bs = args.batch_size or max(1, tc.batch_size // tc.grad_accum)
     lengths = _lengths(args.lengths)
@@ -84,9 +114,10 @@ def _eval(args) -> int:
         out["lengths"] = evaluate_lengths(run.model, run.objective, run.data, lengths,
                                           args.split, bs * run.data.seq_len, args.max_batches,
                                           run.device, tc.precision)
-    if args.json:
-        print(json.dumps(out, indent=1))
-        return 0
+    return out
+
+
+def _print_eval(run, args, out: dict) -> None:
     from rich.console import Console
     from rich.table import Table
     t = Table(title=f"{run.run_dir} @ step {run.step} — {args.split}")
@@ -96,7 +127,7 @@ def _eval(args) -> int:
         if k not in ("lengths", "run_dir", "checkpoint", "split", "step"):
             t.add_row(k, _fmt(v))
     Console().print(t)
-    if lengths:
+    if out.get("lengths"):
         t = Table(title="per length")
         for c in ("length", "loss", "bits_per_char", "perplexity", "note"):
             t.add_column(c, justify="right")
@@ -104,17 +135,23 @@ def _eval(args) -> int:
             t.add_row(str(r["length"]), _fmt(r.get("loss", "")), _fmt(r.get("bits_per_char", "")),
                       _fmt(r.get("perplexity", "")), r.get("error", "")[:60])
         Console().print(t)
-    return 0
 
 
 def _generate(args) -> int:
+    from .run import load_run
+    run = load_run(args.run_dir, args.device)
+    with _run_threads(run):
+        text = _continue_prompt(run, args)
+    print(text)
+    return 0
+
+
+def _continue_prompt(run, args) -> str:
     import torch
 
     from ..errors import InputError
     from ..inference.generate import generate
     from .evaluate import autocast
-    from .run import load_run
-    run = load_run(args.run_dir, args.device)
     if run.tokenizer is None or run.objective.data_format != "lm":
         raise InputError(f"{run.run_dir} is not a text language-model run (objective "
                          f"{run.cfg.objective!r}{', synthetic task' if run.cfg.data.task else ''})"
@@ -129,8 +166,7 @@ def _generate(args) -> int:
         out = generate(run.model, x, args.max_new_tokens, temperature=args.temperature,
                        top_k=args.top_k, top_p=args.top_p, greedy=args.greedy,
                        use_cache=False if args.no_cache else None, generator=gen)
-    print(prompt + run.tokenizer.decode(out[0, len(ids):].tolist()))
-    return 0
+    return prompt + run.tokenizer.decode(out[0, len(ids):].tolist())
 
 
 def add_commands(sub) -> None:

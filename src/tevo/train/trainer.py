@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from ..config import RunConfig, save_config, validate_model
-from ..data.pipeline import batch_rows, batch_to, build_data, slice_batch
+from ..data.pipeline import batch_to, build_data, slice_batch
 from ..errors import ConfigError, InputError, TevoError
 from ..objectives.base import MetricSums
 from ..registry import MODELS, OBJECTIVES
@@ -235,9 +235,9 @@ class Trainer:
             bad = bad | ~torch.isfinite(loss.detach())
         if bool(bad):
             raise TrainingDiverged(
-                f"training diverged at step {self.step + 1}: loss {float(loss.detach()):.4g}, gradient "
-                f"norm {float(gnorm):.4g} (lr {lr:.3g}); lower train.lr, raise train.warmup, "
-                f"keep train.grad_clip > 0 or use train.precision=fp32")
+                f"training diverged at step {self.step + 1}: loss {float(loss.detach()):.4g}, "
+                f"gradient norm {float(gnorm):.4g} (lr {lr:.3g}); lower train.lr, raise "
+                f"train.warmup, keep train.grad_clip > 0 or use train.precision=fp32")
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
