@@ -41,3 +41,16 @@ def test_nope_bidirectional_is_permutation_equivariant():
     torch.testing.assert_close(yp, y[:, perm], atol=1e-5, rtol=1e-4)
     with pytest.raises(ConfigError, match="bidirectional"):
         tevo.build_model({"arch": "bert", "position": "none", "d_model": 16, "n_layers": 1})
+
+
+def test_sinusoidal_scales_embeddings_by_sqrt_d_as_in_the_paper():
+    """§3.4: token embeddings are multiplied by √d before the (unit-amplitude) table is added;
+    the encoder–decoder does not scale twice."""
+    d = 16
+    pe = make_position("sinusoidal", d=d)
+    x = torch.randn(1, 5, d)
+    pos = torch.arange(5).unsqueeze(0)
+    torch.testing.assert_close(pe.embed(x, pos) - pe.embed(torch.zeros_like(x), pos), x * d ** 0.5)
+    ed = tevo.build_model("transformer", d_model=d, n_layers=1, n_dec_layers=1, vocab_size=20,
+                          mixer={"name": "softmax", "heads": 2}, ffn={"name": "mlp", "d_ff": 32})
+    assert ed.scale == 1.0 and ed.pos.scale_input

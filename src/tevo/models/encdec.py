@@ -65,7 +65,8 @@ class EncoderDecoder(nn.Module):
         nn.init.normal_(self.embed.weight, 0.0, d ** -0.5)  # so that √d · E has unit scale
         if cfg.tie_embeddings:
             self.head.weight = self.embed.weight
-        self.scale = math.sqrt(d)
+        # §3.4: embeddings × √d, unless the position encoding already does it (sinusoidal)
+        self.scale = 1.0 if getattr(self.pos, "scale_input", False) else math.sqrt(d)
 
     def _embed(self, ids: Tensor, positions: Tensor, pos=None) -> Tensor:
         pos = self.pos if pos is None else pos

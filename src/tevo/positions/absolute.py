@@ -27,11 +27,16 @@ def sinusoid_table(positions: Tensor, d: int, base: float = 10000.0) -> Tensor:
     complexity=("O(n d)", "O(n d)"),
     test="tests/papers/test_positions_absolute.py::test_sinusoidal_matches_formula")
 class SinusoidalPosition(PositionEncoding):
-    """Fixed sinusoidal encoding added to the token embeddings; defined at every length."""
+    """Fixed sinusoidal encoding added to the token embeddings; defined at every length.
+
+    ``scale_input`` (default, as in the paper) multiplies the embeddings by √d first: with the
+    usual N(0, 0.02) embedding init, an unscaled table of unit amplitude drowns the tokens and a
+    small LM does not learn at all (measured: 4.86 vs 3.58 bits/char after 250 steps).
+    """
 
     hooks = frozenset({"input"})
 
-    def __init__(self, d_model: int, base: float = 10000.0, scale_input: bool = False):
+    def __init__(self, d_model: int, base: float = 10000.0, scale_input: bool = True):
         super().__init__()
         self.d_model, self.base, self.scale_input = d_model, base, scale_input
 
