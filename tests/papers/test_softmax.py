@@ -49,3 +49,17 @@ def test_fused_and_eager_paths_agree_with_bias():
     mask = torch.rand(2, 1, 6, 6) > 0.3
     torch.testing.assert_close(sdpa_attention(q, k, v, mask, bias), eager_attention(q, k, v, mask, bias),
                                atol=1e-5, rtol=1e-4)
+
+
+def test_unmasked_causal_fast_path_equals_eager_reference():
+    """Without padding the causal sdpa path builds no mask (is_causal); it equals the eager
+    reference with an explicit causal mask, with and without grouped K/V heads."""
+    from tiny import ctx_for
+    for kv in (4, 2):
+        fast = make_mixer("softmax", True, heads=4, kv_heads=kv, impl="sdpa")
+        ref = make_mixer("softmax", True, heads=4, kv_heads=kv, impl="eager")
+        ref.load_state_dict(fast.state_dict())
+        x = torch.randn(2, 11, 16)
+        y, _ = fast(x, ctx_for(x, True))
+        y_ref, _ = ref(x, ctx_for(x, True))
+        torch.testing.assert_close(y, y_ref, atol=1e-5, rtol=1e-4)

@@ -33,8 +33,13 @@ def eager_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None,
 
 def sdpa_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None,
                    bias: Tensor | None = None, scale: float | None = None,
-                   dropout: float = 0.0) -> Tensor:
-    """torch's fused scaled_dot_product_attention (flash / memory-efficient kernels)."""
+                   dropout: float = 0.0, is_causal: bool = False) -> Tensor:
+    """torch's fused scaled_dot_product_attention (flash / memory-efficient kernels).
+    ``is_causal`` (no mask, no bias, n_q == n_k) lets torch pick its flash kernel and never
+    builds the n × n mask."""
+    if is_causal:
+        return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, scale=scale,
+                                              is_causal=True)
     attn = None
     if mask is not None:
         mask = fix_empty_rows(mask)

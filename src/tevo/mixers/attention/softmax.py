@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from ...errors import ConfigError
-from ...nn.attention import ATTENTION_FUNCTIONS, eager_attention
+from ...nn.attention import ATTENTION_FUNCTIONS, eager_attention, sdpa_attention
 from ...nn.context import MixerContext
 from ...nn.masks import attention_mask
 from ...registry import MIXERS
@@ -88,11 +88,19 @@ class MultiHeadAttentionBase(Mixer):
         kpm = ctx.key_padding_mask
         if kpm is not None and kpm.shape[1] != n_k:
             raise ValueError(f"key_padding_mask covers {kpm.shape[1]} keys, attention has {n_k}")
-        mask = attention_mask(n, n_k, ctx.causal, kpm, x.device)
         bias = None
         if pos is not None and "bias" in pos.hooks:
             bias = pos.bias(q, k, q_pos, k_pos)
-        if pos is not None and "value" in pos.hooks:
+        value_hook = pos is not None and "value" in pos.hooks
+        if (self.impl == "sdpa" and ctx.causal and kpm is None and bias is None and n == n_k
+                and not value_hook and type(self).attend is MultiHeadAttentionBase.attend):
+            # the commonest training call: plain causal attention, no n × n mask to build
+            p = self.dropout if self.training else 0.0
+            y = sdpa_attention(q, self.repeat_kv(k), self.repeat_kv(v), scale=self.scale,
+                               dropout=p, is_causal=True)
+            return self.o_proj(self._merge(y)), new_state
+        mask = attention_mask(n, n_k, ctx.causal, kpm, x.device)
+        if value_hook:
             y = self._attend_with_values(q, k, v, mask, bias, pos, q_pos, k_pos)
         else:
             y = self.attend(q, k, v, mask, bias, ctx)
