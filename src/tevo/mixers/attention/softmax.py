@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from ...errors import ConfigError
-from ...nn.attention import ATTENTION_FUNCTIONS, eager_attention, sdpa_attention
+from ...nn.attention import ATTENTION_FUNCTIONS, eager_attention
 from ...nn.context import MixerContext
 from ...nn.masks import attention_mask
 from ...registry import MIXERS
@@ -96,8 +96,8 @@ class MultiHeadAttentionBase(Mixer):
                 and not value_hook and type(self).attend is MultiHeadAttentionBase.attend):
             # the commonest training call: plain causal attention, no n × n mask to build
             p = self.dropout if self.training else 0.0
-            y = sdpa_attention(q, self.repeat_kv(k), self.repeat_kv(v), scale=self.scale,
-                               dropout=p, is_causal=True)
+            y = ATTENTION_FUNCTIONS["sdpa"](q, self.repeat_kv(k), self.repeat_kv(v),
+                                            scale=self.scale, dropout=p, is_causal=True)
             return self.o_proj(self._merge(y)), new_state
         mask = attention_mask(n, n_k, ctx.causal, kpm, x.device)
         if value_hook:
