@@ -108,17 +108,21 @@ def test_speed_skips_points_over_budget_reports_errors_and_fits(tmp_path, monkey
 
 
 def test_speed_measures_real_peak_memory_in_a_fresh_process(tmp_path):
-    (rep,) = tevo.bench.run("speed", mixers=["softmax"], lengths=[64, 256], repeat=1,
+    (rep,) = tevo.bench.run("speed", mixers=["softmax"], lengths=[64, 1024], repeat=1,
                             decode_steps=2, budget_s=20, out=str(tmp_path), write=False)
     pts = rep.data["results"]["fp32"]["softmax"]["points"]
     assert rep.data["isolation"] == "process"
-    for n in ("64", "256"):
+    for n in ("64", "1024"):
         p = pts[n]
         assert p["status"] == "ok", p
         assert p["forward_s"] > 0 and p["train_s"] > 0 and p["decode_s"] > 0
-        assert p["train_peak_bytes"] > 0
+        assert p["train_peak_bytes"] >= 0
+    # resident-memory counters are folded per CPU in batches (~128 KB each), so only a peak well
+    # above that is visible: at n=1024 the activations saved for backward (x, q, k, v, output,
+    # each n·d fp32) alone are 5·1024·64·4 = 1.3 MB
+    assert pts["1024"]["train_peak_bytes"] >= 5 * 1024 * 64 * 4
     # the KV cache holds 2·n·d fp32 numbers
-    assert pts["256"]["decode_state_bytes"] >= 2 * 256 * 64 * 4
+    assert pts["1024"]["decode_state_bytes"] >= 2 * 1024 * 64 * 4
 
 
 # -- flops ------------------------------------------------------------------------------------

@@ -8,7 +8,11 @@ peak resident memory belongs to that point alone), or in-process on GPU (the all
 and records the peak memory of the mode above the memory held before it (model + inputs).
 
 On Linux the high-water mark of resident memory is reset between modes by writing "5" to
-/proc/self/clear_refs; ``resource.getrusage`` then reads the peak of that mode alone. Importing
+/proc/self/clear_refs; ``resource.getrusage`` then reads the peak of that mode alone. Memory is
+read from one extra call made after the timed ones, with glibc's mmap threshold lowered to one
+page: every buffer then gets fresh pages and gives them back when freed, so the high-water mark
+counts the mode's own allocations instead of whatever the heap happened to have cached (with
+the default allocator a small mode can reuse the warm-up's pages and read as 0). Importing
 this module in the fork server pre-loads torch and the registries, so a child starts in
 milliseconds instead of the seconds a fresh interpreter needs.
 """
@@ -33,11 +37,28 @@ from tevo.registry import MIXERS
 MIXERS.names()          # discover every registered module once, in the fork server
 
 
-def _malloc_trim() -> None:
+def _libc():
     try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)     # hand freed heap back to the OS
-    except (OSError, AttributeError):
-        pass
+        return ctypes.CDLL("libc.so.6")
+    except OSError:
+        return None
+
+
+def _malloc_trim() -> None:
+    libc = _libc()
+    if libc is not None and hasattr(libc, "malloc_trim"):
+        libc.malloc_trim(0)                         # hand freed heap back to the OS
+
+
+_M_MMAP_THRESHOLD = -3                              # glibc mallopt parameter
+
+
+def _mmap_threshold(nbytes: int) -> bool:
+    """Serve allocations of at least ``nbytes`` with their own mmap (glibc); False elsewhere."""
+    libc = _libc()
+    if libc is None or not hasattr(libc, "mallopt"):
+        return False
+    return bool(libc.mallopt(_M_MMAP_THRESHOLD, int(nbytes)))
 
 
 def reset_peak_rss() -> bool:
@@ -83,6 +104,18 @@ class _Memory:
             return torch.cuda.max_memory_allocated(self.device)
         return peak_rss()
 
+    def measure(self, fn, sync) -> int:
+        """Peak bytes of one call of ``fn`` above the memory held before it."""
+        exact = not self.cuda and _mmap_threshold(4096)
+        try:
+            base = self.start()
+            fn()
+            sync()
+            return max(0, self.peak() - base)
+        finally:
+            if exact:
+                _mmap_threshold(128 * 1024)         # glibc's default, for the next timings
+
 
 def tensor_bytes(obj) -> int:
     """Bytes held by the tensors of a (nested) state."""
@@ -98,10 +131,10 @@ def tensor_bytes(obj) -> int:
 def _timed(fn, repeat: int, budget_s: float, sync, mem) -> tuple[list[float], int]:
     """One warm-up call, then the high-water mark is reset and ``repeat`` calls are timed
     (more, up to 10×, while they are cheap: under 0.3 s in all, for a stable median); stops
-    early past ``budget_s``. Returns (times, peak bytes above the memory held before)."""
+    early past ``budget_s``. Returns (times, peak bytes of one more call above the memory held
+    before it)."""
     fn()                                            # warm-up: kernels, thread pools, caches
     sync()
-    base = mem.start()
     times, spent = [], 0.0
     while len(times) < 10 * max(1, repeat):
         t0 = time.perf_counter()
@@ -112,7 +145,7 @@ def _timed(fn, repeat: int, budget_s: float, sync, mem) -> tuple[list[float], in
         spent += dt
         if spent > budget_s or (len(times) >= max(1, repeat) and spent > 0.3):
             break
-    return times, max(0, mem.peak() - base)
+    return times, mem.measure(fn, sync)
 
 
 def _median(xs: list[float]) -> float:

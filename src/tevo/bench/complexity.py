@@ -193,7 +193,9 @@ calls after a warm-up (the minimum is robust to preemption on a shared machine; 
 both); *decode* is the time of one token after a prefill of n tokens (mixers with an
 incremental form). Peak memory is measured, not estimated: on CPU each point runs in a fresh
 process and the peak resident memory of each mode (read with `getrusage` after resetting the
-high-water mark) minus the memory held before it; on GPU the allocator's peak. Exponents are
+high-water mark) minus the memory held before it; on GPU the allocator's peak. The kernel keeps
+resident-memory counters per CPU and folds them in batches, so on CPU a peak below a few hundred
+KB reads as "< resolution" rather than as a number. Exponents are
 least-squares slopes on log–log axes over the upper half of the measured lengths; the crossover
 is the length from which the mixer stays faster than `softmax` (interpolated; "extrapolated"
 solves the two fitted power laws when it is not reached in range)."""
@@ -376,7 +378,9 @@ def _speed_tables(rep, res, names, lengths, dtype, several: bool) -> None:
         rep.figure(f"{mode}{tag}", f"{MODE_TEXT[mode]} time against n{sfx}",
                    loglog_plot(data, "sequence length n", "seconds",
                                f"{MODE_TEXT[mode]}{sfx}"))
-    rows = [[name] + [_cell(res[name]["points"].get(str(n), {}), "train_peak_bytes", fmt_bytes)
+    def peak_cell(b):                   # 0: under the resident-memory counters' resolution
+        return fmt_bytes(b) if b else "< resolution"
+    rows = [[name] + [_cell(res[name]["points"].get(str(n), {}), "train_peak_bytes", peak_cell)
                       for n in lengths] for name in names]
     rep.table(["mixer"] + [f"n={n}" for n in lengths], rows,
               heading=f"Peak memory of forward + backward, above the model and inputs{sfx}")
