@@ -155,6 +155,18 @@ def test_declared_complexity_is_parsed_for_its_power_of_n():
     assert p("O(n d log(n d))") == 1 and p("O(n^1.5 d)") == 1.5 and p("O(n √n d)") == 1.5
     assert p("O(n d m) (chunk: O(n C d + n d m))") == 1 and p("O(T n² + n² d)") == 2
     assert p("O(d)") is None and p("") is None
+    # products distribute over sums, quotients subtract, logs count 0
+    assert p("O(n (r + n/k) d)") == 2 and p("O(n (w + r) d)") == 1 and p("O(n log n d)") == 1
+    assert p("O(r n (log n + c d))") == 1 and p("O(n² d / N_b)") == 2 and p("O(n^{3/2})") == 1.5
+
+
+def test_declared_and_counted_growth_agree_on_the_fitted_terms():
+    from tevo.bench.complexity import _agreement
+    assert _agreement(1, {"exponent": 1.02}, {"a": 0.0}, 64) == "yes"
+    assert _agreement(1, {"exponent": 1.89}, {"a": 96.0}, 64) == "no"            # hidden n²
+    assert _agreement(2, {"exponent": 1.68}, {"a": 85.0}, 64).startswith("yes")   # n²/k + n r
+    assert _agreement(2, {"exponent": 1.1}, {"a": 0.0}, 64) == "no"
+    assert _agreement(None, {"exponent": 1.0}, {}, 64) == "—"
 
 
 # -- reports and options ----------------------------------------------------------------------

@@ -49,32 +49,71 @@ def _first_big_o(expr: str) -> str:
 
 
 def parse_n_exponent(expr: str) -> float | None:
-    """The power of n in a declared complexity such as "O(n² d)", "O(n_q n_k h d)" or
-    "O(n d log(n d))" (logs ignored; the largest term of a sum; only the first O(...)).
-    None when n does not occur."""
+    """The power of n in a declared complexity such as "O(n² d)", "O(n_q n_k h d)",
+    "O(n (r + n/k) d)" or "O(n d log(n d))": products add powers, quotients subtract them, a sum
+    takes its largest term, logs count 0, √ halves (only the first O(...)). None when n does
+    not occur."""
     if not expr:
         return None
     s = _first_big_o(expr.strip())
-    s = re.sub(r"log\s*\([^)]*\)", " ", s)                 # log(n d)
-    s = re.sub(r"log\s*[a-zA-Z_]+", " ", s)                  # log n
-    best = None
-    for term in s.split("+"):
-        total, found = 0.0, False
-        for tok in re.finditer(r"(√)?(?<![A-Za-z])n(?:_[A-Za-z0-9]+)?(?![A-Za-z])"
-                               r"(?:\^\{?([0-9.]+(?:/[0-9]+)?)\}?|([²³]))?", term):
-            found = True
-            if tok.group(1):
-                total += 0.5
-            elif tok.group(2):
-                p = tok.group(2)
-                total += float(p.split("/")[0]) / float(p.split("/")[1]) if "/" in p else float(p)
-            elif tok.group(3):
-                total += {"²": 2.0, "³": 3.0}[tok.group(3)]
-            else:
-                total += 1.0
-        if found:
-            best = total if best is None else max(best, total)
-    return best
+    toks = re.findall(r"√|\(|\)|\+|-|/|\*|·|×|[²³]|\^\{?[0-9.]+(?:/[0-9]+)?\}?"
+                      r"|[^\s()+\-/*·×²³^√]+", s)
+    if not any(t == "n" or t.startswith("n_") for t in toks):
+        return None
+    try:
+        power, i = _sum_power(toks, 0)
+    except (IndexError, ValueError):
+        return None
+    return power if i == len(toks) else None
+
+
+def _sum_power(toks: list[str], i: int) -> tuple[float, int]:
+    best, i = _product_power(toks, i)
+    while i < len(toks) and toks[i] in "+-":
+        p, i = _product_power(toks, i + 1)
+        best = max(best, p)
+    return best, i
+
+
+def _product_power(toks: list[str], i: int) -> tuple[float, int]:
+    total, sign = 0.0, 1.0
+    while i < len(toks) and toks[i] not in ("+", "-", ")"):
+        if toks[i] in ("*", "·", "×"):
+            i += 1
+            continue
+        if toks[i] == "/":
+            sign, i = -1.0, i + 1
+            continue
+        p, i = _factor_power(toks, i)
+        total += sign * p
+        sign = 1.0
+    return total, i
+
+
+def _factor_power(toks: list[str], i: int) -> tuple[float, int]:
+    t = toks[i]
+    if t == "√":
+        p, i = _factor_power(toks, i + 1)
+        return 0.5 * p, i
+    if t.startswith("log"):                          # log(n d), log n: no power of n
+        _, i = _factor_power(toks, i + 1) if t == "log" else (0.0, i + 1)
+        return 0.0, i
+    if t == "(":
+        p, i = _sum_power(toks, i + 1)
+        if toks[i] != ")":
+            raise ValueError("unbalanced")
+        i += 1
+    else:
+        p, i = (1.0 if t == "n" or t.startswith("n_") else 0.0), i + 1
+    while i < len(toks) and (toks[i] in ("²", "³") or toks[i].startswith("^")):
+        e = toks[i]
+        if e in ("²", "³"):
+            p *= {"²": 2.0, "³": 3.0}[e]
+        else:
+            e = e.strip("^{}")
+            p *= float(e.split("/")[0]) / float(e.split("/")[1]) if "/" in e else float(e)
+        i += 1
+    return p, i
 
 
 def reference_first(names: list[str]) -> list[str]:
@@ -573,6 +612,20 @@ def _load_speed(opts) -> dict:
         return {}
 
 
+def _agreement(declared: float | None, ex: dict | None, fit: dict, d: int) -> str:
+    """Does the counted growth match the declared power of n? The local slope of a cost
+    a·n² + b·n only reaches 2 once a·n ≫ b, so a declared n² also agrees when the fitted n² term
+    is there (a > 0) and the slope is past 1.5: "yes (n² term; slope still rising)"."""
+    if declared is None or not ex:
+        return "—"
+    e = ex["exponent"]
+    if abs(e - declared) < 0.3:
+        return "yes"
+    if declared == 2 and fit and fit.get("a", 0.0) / d > 0.05 and e > 1.5:
+        return "yes (n² term; slope still rising)"
+    return "no"
+
+
 def _flops_tables(rep, res, ds, ns, ffn, measured) -> None:
     d0 = ds[0]
     rows = []
@@ -581,8 +634,7 @@ def _flops_tables(rep, res, ds, ns, ffn, measured) -> None:
         fit = row0.get("fit") or {}
         ex = row0.get("exponent")
         dec = r["declared_n_exponent"]
-        agree = "—" if (dec is None or not ex) else ("yes" if abs(ex["exponent"] - dec) < 0.3
-                                                        else "no")
+        agree = _agreement(dec, ex, fit, d0)
         counted = sorted(int(k) for k in row0["flops"])
         where = "meta" if row0["device"] == "meta" else "CPU"
         if counted:

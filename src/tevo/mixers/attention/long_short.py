@@ -50,7 +50,8 @@ def joint_softmax(s_parts: list[Tensor], values: list) -> Tensor:
                         "(Zhu et al., 2021)",
     equation="§3.1-3.3: K̄ = softmax_n(K W^P)ᵀ K, V̄ likewise; y = softmax(Q [LN_L(K_w); "
              "LN_G(K̄)]ᵀ/√d) [LN_L(V_w); LN_G(V̄)]; §3.4 causal: per-segment projections",
-    complexity=("O(n (w + r) d)", "O(n (w + r))"),
+    complexity=("O(n (w + r n/l) d) causal; O(n (w + r) d) bidirectional",
+                "O(n (w + r n/l)) causal; O(n (w + r)) bidirectional"),
     test="tests/papers/test_attention_long_short.py::test_long_short_matches_dense_reference",
     tiny={"heads": 2, "window": 2, "rank": 2, "segment": 4})
 class LongShortAttention(PositionalAttention):

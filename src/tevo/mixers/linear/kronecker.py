@@ -11,8 +11,9 @@ vertical averages,
 
 A 1D sequence is laid out row-major on a grid of ``width`` columns (token of rank r among the
 real tokens sits at (r // width, r % width), padding skipped, so padding changes nothing).
-Bidirectional only. Complexity: time O(n (h + w) d) = O(n^{1.5} d) for a square grid,
-memory O(n (h + w)).
+Bidirectional only. Complexity: time O(n (h + w) d) with h = n/w rows: O(n (n/w + w) d), which
+is quadratic at a fixed width ``width`` (as the FLOP study counts it) and O(n^{1.5} d) only when
+the grid is square (w = √n); memory O(n (n/w + w)).
 """
 from __future__ import annotations
 
@@ -51,7 +52,7 @@ def grid_summaries(x: Tensor, mask: Tensor | None, width: int):
 @MIXERS.register(
     "kronecker", paper="Kronecker Attention Networks (Gao, Wang & Ji, KDD 2020)",
     equation="§3.2 KAO_KV: Y = Attn(XW_q, [H̄; W̄]W_k, [H̄; W̄]W_v), H̄/W̄ row/column means",
-    complexity=("O(n (h + w) d)", "O(n (h + w))"),
+    complexity=("O(n (n/w + w) d)", "O(n (n/w + w))"),
     test="tests/papers/test_linear_kronecker.py::test_kronecker_equals_grid_average_attention",
     tiny={"heads": 2, "width": 4})
 class KroneckerAttention(Mixer):
