@@ -54,3 +54,24 @@ def test_sinusoidal_scales_embeddings_by_sqrt_d_as_in_the_paper():
     ed = tevo.build_model("transformer", d_model=d, n_layers=1, n_dec_layers=1, vocab_size=20,
                           mixer={"name": "softmax", "heads": 2}, ffn={"name": "mlp", "d_ff": 32})
     assert ed.scale == 1.0 and ed.pos.scale_input
+
+
+def test_sinusoidal_token_embeddings_start_at_the_tables_scale():
+    """With the paper's √d scaling the token embeddings are initialised N(0, d^-1/2), so the
+    scaled tokens have unit variance and the table (sin/cos, variance 1/2 per channel) does not
+    drown them; learned positions keep GPT-2's N(0, 0.02)."""
+    d = 256
+    dims = dict(vocab_size=512, d_model=d, n_layers=1, mixer={"name": "softmax", "heads": 2})
+    for arch in ("gpt", "bert", "transformer"):
+        m = tevo.build_model({"arch": arch, "position": "sinusoidal", **dims})
+        w = m.embed.weight.detach()
+        assert abs(float(w.std()) * d ** 0.5 - 1.0) < 0.02, arch        # √d·E ~ N(0, 1)
+        pos = torch.arange(64)
+        table = m.pos.embed(torch.zeros(1, 64, d), pos[None])
+        ratio = float((w[:64] * d ** 0.5).pow(2).mean() / table.pow(2).mean())
+        assert 1.5 < ratio < 2.5, (arch, ratio)                         # 1 : 1/2
+    m = tevo.build_model({"arch": "gpt", "position": "learned", **dims})
+    assert abs(float(m.embed.weight.detach().std()) - 0.02) < 0.002
+    unscaled = tevo.build_model({"arch": "gpt", "position": {"name": "sinusoidal",
+                                                              "scale_input": False}, **dims})
+    assert abs(float(unscaled.embed.weight.detach().std()) - 0.02) < 0.002

@@ -74,6 +74,10 @@ def init_weights(model: nn.Module, cfg: ModelConfig, n_residual_layers: int) -> 
                 nn.init.zeros_(m.bias)
         elif isinstance(m, nn.Embedding):
             nn.init.normal_(m.weight, 0.0, std)
+    # an input position encoding may ask for the token embeddings' scale (sinusoidal: d^-1/2)
+    tok_std = getattr(getattr(model, "pos", None), "token_init_std", None)
+    if tok_std is not None and isinstance(getattr(model, "embed", None), nn.Embedding):
+        nn.init.normal_(model.embed.weight, 0.0, tok_std)
     for m in model.modules():
         if m is not model and hasattr(m, "init_weights"):
             m.init_weights()
