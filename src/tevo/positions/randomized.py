@@ -58,6 +58,7 @@ class RandomizedPosition(PositionEncoding):
         self.hooks = frozenset({"input"}) | self.base.hooks
         self.translation_invariant = getattr(self.base, "translation_invariant", False)
         self.max_len = getattr(self.base, "max_len", None)     # a table limit, if the base has one
+        self.token_init_std = getattr(self.base, "token_init_std", None)   # sinusoidal's d^-1/2
         self._sample: Tensor | None = None
 
     def draw(self, positions: Tensor) -> Tensor:
