@@ -108,8 +108,10 @@ def test_speed_skips_points_over_budget_reports_errors_and_fits(tmp_path, monkey
 
 
 def test_speed_measures_real_peak_memory_in_a_fresh_process(tmp_path):
+    # a generous budget: a loaded machine must not turn the n=1024 point into a skip (its
+    # calls take milliseconds; the budget only bounds the prediction made from n=64)
     (rep,) = tevo.bench.run("speed", mixers=["softmax"], lengths=[64, 1024], repeat=1,
-                            decode_steps=2, budget_s=20, out=str(tmp_path), write=False)
+                            decode_steps=2, budget_s=600, out=str(tmp_path), write=False)
     pts = rep.data["results"]["fp32"]["softmax"]["points"]
     assert rep.data["isolation"] == "process"
     for n in ("64", "1024"):
