@@ -86,6 +86,29 @@ def _check(temperature, top_k, top_p, max_new_tokens):
         raise InputError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
 
 
+def check_prompt(model, input_ids: Tensor, context="auto",
+                 use_cache: bool | None = None) -> tuple[int | None, bool]:
+    """Check that ``model`` is a causal LM and ``input_ids`` (B, n) a prompt it can encode;
+    returns (the context window, whether to use the incremental state)."""
+    if getattr(type(model), "has_decoder", False) or not getattr(model, "causal", False):
+        raise InputError(f"generate needs a causal language model, not {type(model).__name__}")
+    if input_ids.dim() != 2 or input_ids.shape[1] == 0:
+        raise InputError("the prompt is empty: generate needs at least one token")
+    n0 = input_ids.shape[1]
+    table = context_limit(model)
+    if table is not None and n0 > table:
+        raise InputError(f"the prompt has {n0} tokens, longer than the model's context of "
+                         f"{table} (its learned position table); shorten the prompt")
+    limit = default_context(model) if context == "auto" else context
+    if limit is not None and (int(limit) < 1 or (table is not None and int(limit) > table)):
+        raise InputError(f"context must be in [1, {table or 'inf'}], got {limit}")
+    cache = supports_cache(model) if use_cache is None else bool(use_cache)
+    if cache and not supports_cache(model):
+        raise InputError("this model has a mixer without an incremental form; use "
+                         "use_cache=False")
+    return limit, cache
+
+
 @INFERENCE.register(
     "generate", paper="GPT-2 (Radford et al., 2019) decoding; top-k: Fan et al., 2018; "
                       "nucleus: Holtzman et al., 2020",
@@ -106,22 +129,8 @@ def generate(model, input_ids: Tensor, max_new_tokens: int = 100, temperature: f
     tokens the model sees ("auto": its training length; None: no limit, e.g. to study length
     extrapolation)."""
     _check(temperature, top_k, top_p, max_new_tokens)
-    if getattr(type(model), "has_decoder", False) or not getattr(model, "causal", False):
-        raise InputError(f"generate needs a causal language model, not {type(model).__name__}")
-    if input_ids.dim() != 2 or input_ids.shape[1] == 0:
-        raise InputError("the prompt is empty: generate needs at least one token")
-    B, n0 = input_ids.shape
-    table = context_limit(model)
-    if table is not None and n0 > table:
-        raise InputError(f"the prompt has {n0} tokens, longer than the model's context of "
-                         f"{table} (its learned position table); shorten the prompt")
-    limit = default_context(model) if context == "auto" else context
-    if limit is not None and (int(limit) < 1 or (table is not None and int(limit) > table)):
-        raise InputError(f"context must be in [1, {table or 'inf'}], got {limit}")
-    cache = supports_cache(model) if use_cache is None else bool(use_cache)
-    if cache and not supports_cache(model):
-        raise InputError("this model has a mixer without an incremental form; use "
-                         "use_cache=False")
+    limit, cache = check_prompt(model, input_ids, context, use_cache)
+    B = input_ids.shape[0]
     was_training = model.training
     model.eval()
     dev = input_ids.device

@@ -5,6 +5,7 @@
     tevo train --resume runs/default             # continue exactly where it stopped
     tevo eval runs/default --split test --lengths 128,256,512
     tevo generate runs/default --prompt "ROMEO:" --max-new-tokens 300 --top-k 40
+    tevo generate runs/default --prompt "ROMEO:" --max-new-tokens 50 --beams 4
 
 Under ``torchrun --nproc_per_node N -m tevo train ...`` the same command trains with DDP.
 """
@@ -162,10 +163,26 @@ def _continue_prompt(run, args) -> str:
         raise InputError("the prompt is empty: give --prompt TEXT")
     x = torch.tensor([ids], device=run.device)
     gen = torch.Generator().manual_seed(args.seed)
+    beams = getattr(args, "beams", 1)
+    temperature = 0.8 if args.temperature is None else args.temperature
+    if beams < 1:
+        raise InputError(f"--beams must be >= 1, got {beams}")
+    if beams > 1:              # a search: the sampling options have no meaning there
+        given = [o for o, v in (("--temperature", args.temperature), ("--top-k", args.top_k),
+                                ("--top-p", args.top_p), ("--greedy", args.greedy or None))
+                 if v is not None]
+        if given:
+            raise InputError(f"--beams {beams} is beam search, not sampling: drop "
+                             f"{', '.join(given)}")
     with autocast(run.device, run.cfg.train.precision):
-        out = generate(run.model, x, args.max_new_tokens, temperature=args.temperature,
-                       top_k=args.top_k, top_p=args.top_p, greedy=args.greedy,
-                       use_cache=False if args.no_cache else None, generator=gen)
+        if beams > 1:
+            from ..inference.beam import beam_search
+            out = beam_search(run.model, x, beams, args.max_new_tokens,
+                              use_cache=False if args.no_cache else None).sequences
+        else:
+            out = generate(run.model, x, args.max_new_tokens, temperature=temperature,
+                           top_k=args.top_k, top_p=args.top_p, greedy=args.greedy,
+                           use_cache=False if args.no_cache else None, generator=gen)
     return prompt + run.tokenizer.decode(out[0, len(ids):].tolist())
 
 
@@ -197,10 +214,13 @@ def add_commands(sub) -> None:
     p.add_argument("run_dir")
     p.add_argument("--prompt", default="\n")
     p.add_argument("--max-new-tokens", type=int, default=200)
-    p.add_argument("--temperature", type=float, default=0.8)
+    p.add_argument("--temperature", type=float, default=None, help="sampling temperature "
+                                                                   "(default 0.8)")
     p.add_argument("--top-k", type=int, default=None)
     p.add_argument("--top-p", type=float, default=None)
     p.add_argument("--greedy", action="store_true", help="argmax decoding")
+    p.add_argument("--beams", type=int, default=1,
+                   help="beam search with N beams (1: greedy or sampling as set)")
     p.add_argument("--no-cache", action="store_true", help="re-run the whole context each step")
     p.add_argument("--escapes", action="store_true", help="interpret \\n etc. in the prompt")
     p.add_argument("--seed", type=int, default=0)
