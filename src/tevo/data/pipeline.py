@@ -143,7 +143,7 @@ class CorpusData(DataModule):
         key = cache_key(data, specials)
         cache = Path(run_dir) / "data" if run_dir is not None else None
         if cache is not None and is_main and not _cache_ok(cache, key):
-            streams, tok, meta = tokenize_corpus(data, specials, key)
+            streams, tok, meta = tokenize_corpus(data, specials, key, run_dir)
             cache.mkdir(parents=True, exist_ok=True)
             tok.save(run_dir)
             for s, st in streams.items():
@@ -182,10 +182,11 @@ def _write_json(path: Path, data: dict) -> None:
     os.replace(tmp, path)
 
 
-def tokenize_corpus(data, specials=(), key: dict | None = None):
-    """(streams, tokenizer, meta): the tokenizer is fitted on the training split only."""
+def tokenize_corpus(data, specials=(), key: dict | None = None, run_dir=None):
+    """(streams, tokenizer, meta): the tokenizer is fitted on the training split only
+    (``run_dir``: where a tokenizer's relative paths start, as for ``hf``)."""
     texts = load_corpus(data)
-    tok = build_tokenizer(data.tokenizer, texts["train"], specials, data.vocab_size)
+    tok = build_tokenizer(data.tokenizer, texts["train"], specials, data.vocab_size, run_dir)
     streams, meta = {}, {"key": key or cache_key(data, specials), "splits": {},
                          "vocab_size": tok.vocab_size, "specials": tok.special_ids}
     for s in SPLITS:

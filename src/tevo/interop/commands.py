@@ -6,8 +6,10 @@
 A run directory is the layout ``tevo train`` writes and ``tevo eval`` / ``tevo generate`` read:
 ``config.yaml`` (the full run config; its ``model`` section is the converted architecture) and
 ``checkpoints/step_00000000/model.safetensors`` (with a ``state.pt`` holding only the step: there
-is no optimiser state to resume). ``--check`` loads both sides and prints the largest logit
-difference on a random padded batch.
+is no optimiser state to resume). The HF tokenizer files are copied to ``RUN_DIR/hf_tokenizer``
+and the run's ``data.tokenizer`` set to ``{name: hf, path: hf_tokenizer}`` (relative: the run
+folder can move), so ``tevo generate`` / ``tevo eval`` use the model's own tokenizer. ``--check``
+loads both sides and prints the largest logit difference on a random padded batch.
 """
 from __future__ import annotations
 
@@ -46,8 +48,10 @@ def add_commands(sub) -> None:
 
 
 # -- run directories --------------------------------------------------------------------------
-def save_run(model, run_dir, name: str | None = None, source: str | None = None) -> Path:
-    """Write ``config.yaml`` + a step-0 checkpoint of a tevo model (and its extra head)."""
+def save_run(model, run_dir, name: str | None = None, source: str | None = None,
+             tokenizer=None) -> Path:
+    """Write ``config.yaml`` + a step-0 checkpoint of a tevo model (and its extra head);
+    ``tokenizer``: the run's ``data.tokenizer`` spec (default: the config's)."""
     import torch
 
     from ..config import RunConfig, save_config
@@ -65,6 +69,9 @@ def save_run(model, run_dir, name: str | None = None, source: str | None = None)
     run = RunConfig(model=cfg, objective=OBJECTIVES.get(cfg.arch, "clm"),
                     name=name or f"hf-{hf.get('model_type', cfg.arch)}")
     run.train.out_dir = str(out)
+    run.data.seq_len = min(run.data.seq_len, cfg.max_len)   # windows the position table covers
+    if tokenizer is not None:
+        run.data.tokenizer = tokenizer
     save_config(run, out / CONFIG)
     save_weights(body, ck / WEIGHTS)
     torch.save({"step": 0, "tokens": 0, "converted_from": str(source or hf.get("model_type"))},
@@ -123,12 +130,14 @@ def _convert(args) -> int:
     try:
         if args.from_hf:
             model = from_hf(args.from_hf, overrides=args.override, warn=False)
-            save_run(model, args.out, source=args.from_hf)
+            tok = _tokenizer_summary(args.from_hf, getattr(model, "body", model).cfg.vocab_size)
+            save_run(model, args.out, source=args.from_hf,
+                     tokenizer={"name": "hf", "path": TOKENIZER_DIR} if tok["files"] else None)
             copy_tokenizer(args.from_hf, Path(args.out) / TOKENIZER_DIR)
             summary = {"from": args.from_hf, "to": args.out,
                        "model_type": model.hf_conversion["model_type"],
                        "params": sum(p.numel() for p in model.parameters()),
-                       "missing": model.hf_conversion["missing"]}
+                       "missing": model.hf_conversion["missing"], "tokenizer": tok}
             if args.check:
                 summary["check"] = _check(_hf_model(args.from_hf), model)
         else:
@@ -149,6 +158,23 @@ def _convert(args) -> int:
         print(f"error: logits differ by {summary['check']['max_abs_diff']:.3g}")
         return 1
     return 0
+
+
+def _tokenizer_summary(hf_dir, model_vocab: int) -> dict:
+    """The HF tokenizer files of ``hf_dir`` and whether they load; a vocabulary larger than the
+    model's is an error (its ids would index past the embedding table)."""
+    from ..data.tokenizer import HFTokenizer
+    files = [f for f in TOKENIZER_FILES if (Path(hf_dir) / f).is_file()]
+    if not files:
+        return {"files": [], "note": "no tokenizer files: the run keeps the default tokenizer"}
+    try:
+        tok = HFTokenizer(hf_dir)
+    except TevoError as e:                 # converted anyway; generate/eval repeat the error
+        return {"files": files, "error": str(e)}
+    if tok.vocab_size > model_vocab:
+        raise TevoError(f"{hf_dir}: the tokenizer has {tok.vocab_size} tokens but the model "
+                        f"only {model_vocab} (vocab_size in config.json); not converted")
+    return {"files": files, "vocab_size": tok.vocab_size, "specials": tok.special_ids}
 
 
 def _hf_model(path):

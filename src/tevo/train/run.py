@@ -43,6 +43,10 @@ def load_run(run_dir, device: str = "cpu", checkpoint=None) -> Run:
     cfg = load_config(run_dir / CONFIG)
     objective = OBJECTIVES.build(cfg.objective, "objective")
     data = build_data(cfg, objective, run_dir)
+    if data.vocab_size > cfg.model.vocab_size:     # ids past the embedding table (a converted run)
+        raise InputError(f"{run_dir}: the tokenizer has {data.vocab_size} tokens but the model "
+                         f"only {cfg.model.vocab_size} (model.vocab_size); use the model's own "
+                         f"tokenizer")
     objective.setup(data.vocab_size, data.special_ids)
     ck = Path(checkpoint) if checkpoint else latest_checkpoint(run_dir)
     if ck is None or not (ck / WEIGHTS).exists():
