@@ -15,6 +15,7 @@ SUITES = {
     "activation": ("test_components.py", "test_activation_shape_and_finite"),
     "position": ("test_components.py", "test_position_in_a_model_cache_and_grad"),
     "model": ("test_models.py", "test_builds_runs_and_gets_gradients"),
+    "memory": ("test_memories.py", "test_memory_segments_shape_finite_grad"),
 }
 
 

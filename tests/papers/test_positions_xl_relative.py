@@ -104,3 +104,27 @@ def test_xl_matches_hf_transfo_xl_attention_probabilities():
     scores = q @ k.transpose(-1, -2) / math.sqrt(e) + pe.bias(q, k, pos, pos)
     scores = scores.masked_fill(causal.bool(), float("-inf"))
     torch.testing.assert_close(scores.softmax(-1), ref, atol=1e-5, rtol=1e-4)
+
+
+
+def test_per_layer_sets_and_clamp_len_equal_the_naive_formula():
+    """per_layer_r / per_layer_uv: layer i's view uses its own W_R, u, v; clamp_len: every
+    distance above it uses R_{clamp_len}."""
+    C = 3
+    pe = TransformerXLRelative(16, heads=2, per_layer_r=True, per_layer_uv=True, n_layers=3,
+                               clamp_len=C)
+    q, k = torch.randn(1, 2, 6, 8), torch.randn(1, 2, 6, 8)
+    pos = torch.arange(6).unsqueeze(0)
+    for layer in range(3):
+        ref = torch.zeros(1, 2, 6, 6)
+        u, v = pe.u[layer], pe.v[layer]
+        for i in range(6):
+            for j in range(6):
+                d = torch.tensor([min(i - j, C)])
+                r = pe.r_net[layer](xl_sinusoid(d, 16)).view(2, 8)            # W_R R_{min(d, C)}
+                ref[0, :, i, j] = ((q[0, :, i] * r).sum(-1) + (u * k[0, :, j]).sum(-1)
+                                   + (v * r).sum(-1))
+        torch.testing.assert_close(pe.for_layer(layer).bias(q, k, pos, pos), ref * pe.scale,
+                                   **TOL)
+    shared = TransformerXLRelative(16, heads=2)
+    assert shared.for_layer(1) is shared

@@ -82,6 +82,10 @@ class Block(nn.Module):
     def forward(self, x: Tensor, ctx: MixerContext, state: dict | None = None):
         new_state = None if state is None else {}
         x0 = x
+        if hasattr(ctx.pos, "for_layer"):                # positions with per-layer parameters
+            layer_pos = ctx.pos.for_layer(ctx.layer)
+            if layer_pos is not ctx.pos:
+                ctx = ctx.replace(pos=layer_pos)
         for i, (t, sub, res) in enumerate(zip(self.layout, self.sublayers, self.residuals)):
             if t in ("a", "c", "p"):
                 sctx = ctx.replace(causal=self.causal) if t != "c" else ctx

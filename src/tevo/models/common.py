@@ -52,7 +52,9 @@ def _defaults(cls) -> dict:
 
 
 def build_position(cfg: ModelConfig):
-    return POSITIONS.build(cfg.position, "model.position", **mixer_dims(cfg))
+    # n_layers: for encodings with per-layer parameters (read through ``for_layer``)
+    return POSITIONS.build(cfg.position, "model.position",
+                           n_layers=max(cfg.n_layers, cfg.n_dec_layers or 0), **mixer_dims(cfg))
 
 
 def build_norm(cfg: ModelConfig, spec=None):

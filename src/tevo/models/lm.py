@@ -12,7 +12,7 @@ from torch import Tensor, nn
 
 from ..config import ModelConfig, model_config
 from ..nn.context import MixerContext
-from ..registry import EMBEDDINGS, MODELS
+from ..registry import EMBEDDINGS, MEMORIES, MODELS
 from .block import BlockStack
 from .common import (ModelOutput, build_norm, build_position, check_ids, extend_mask,
                      init_weights, token_positions)
@@ -51,6 +51,10 @@ class LanguageModel(nn.Module):
         init_weights(self, cfg, cfg.n_layers)
         if cfg.tie_embeddings:
             self.head.weight = self.embed.weight
+        # segment-level memory (Transformer-XL): used by forward_segment, never by forward
+        self.memory = (None if cfg.memory is None else
+                       MEMORIES.build(cfg.memory, "model.memory", d_model=d,
+                                      n_layers=cfg.n_layers))
 
     def init_state(self, batch: int, device=None, dtype=None) -> dict:
         return {"layers": self.blocks.init_state(batch, device, dtype), "mask": None, "length": 0}
@@ -66,11 +70,7 @@ class LanguageModel(nn.Module):
         full_mask = extend_mask(state, attention_mask, B, n, dev)
         if positions is None:
             positions = token_positions(state, full_mask, B, n, dev)
-        x = self.embed(input_ids)                                   # (B, n, d)
-        x = self.pos.embed(x, positions) if "input" in self.pos.hooks else x
-        if self.emb_norm is not None:
-            x = self.emb_norm(x)
-        x = self.drop(x)
+        x = self.embed_tokens(input_ids, positions)                 # (B, n, d)
         ctx = MixerContext(causal=self.causal, key_padding_mask=full_mask, positions=positions,
                            pos=self.pos)
         x, layer_states = self.blocks(x, ctx, None if state is None else state["layers"])
@@ -83,6 +83,34 @@ class LanguageModel(nn.Module):
                          "length": state.get("length", 0) + n}
         return ModelOutput(logits, new_state, ctx.aux_loss(), x if return_hidden else None,
                            {"aux": ctx.aux})
+
+    def embed_tokens(self, input_ids: Tensor, positions: Tensor) -> Tensor:
+        """The input of the first block: token embedding, ``input`` positions, embedding norm,
+        dropout. input_ids, positions (B, n) -> (B, n, d)."""
+        x = self.embed(input_ids)                                   # (B, n, d)
+        x = self.pos.embed(x, positions) if "input" in self.pos.hooks else x
+        if self.emb_norm is not None:
+            x = self.emb_norm(x)
+        return self.drop(x)
+
+    def init_memory(self, batch: int, device=None, dtype=None) -> dict:
+        """An empty segment memory for ``forward_segment`` (needs ``model.memory``)."""
+        return self._segment_memory().init_memory(batch, device, dtype)
+
+    def forward_segment(self, input_ids: Tensor, memory: dict | None = None,
+                        attention_mask: Tensor | None = None) -> ModelOutput:
+        """One segment of a stream with the model's segment-level memory (``model.memory``,
+        e.g. Transformer-XL's ``xl_memory``): input_ids (B, n); memory from ``init_memory`` or
+        the previous call (None: empty). Returns ModelOutput whose ``state`` is the memory for
+        the next segment."""
+        return self._segment_memory()(self, input_ids, memory, attention_mask)
+
+    def _segment_memory(self):
+        if self.memory is None:
+            from ..errors import ConfigError
+            raise ConfigError("model.memory", None, MEMORIES.names(),
+                              why="forward_segment needs a segment memory; set model.memory")
+        return self.memory
 
     @classmethod
     def from_config(cls, source=None, **overrides) -> "LanguageModel":

@@ -11,8 +11,13 @@ this encoding returns scale·[(b)+(c)+(d)] through the ``bias`` hook.
 only (O(n·L·e), L = n_q + n_k - 1) and then moved into place with the paper's *shift trick*
 (Appendix B: pad one zero column, reshape, drop a row) when positions are contiguous, or with a
 gather otherwise (e.g. left padding, where padded slots repeat position 0).
-One instance is shared by all layers, so W_R, u, v are shared (the paper shares u, v).
-Complexity: time O(n (n_q + n_k) e) for the bias, memory O(n²); parameters d·h·e + 2·h·e.
+One instance is shared by all layers, so W_R, u, v are shared (the paper shares u, v) unless
+``per_layer_r`` / ``per_layer_uv`` give each layer its own W_R / u, v (the reference code and
+Hugging Face's TransfoXL: one ``r_net`` per layer, u, v per layer when ``untie_r``); layer i then
+reads its set through ``for_layer(i)``, which the block calls with ``ctx.layer``.
+``clamp_len`` uses R_{clamp_len} for every larger distance (the reference code's ``clamp_len``).
+Complexity: time O(n (n_q + n_k) e) for the bias, memory O(n²); parameters d·h·e + 2·h·e (times
+the number of layers for the per-layer sets).
 """
 from __future__ import annotations
 
@@ -61,18 +66,46 @@ class TransformerXLRelative(PositionEncoding):
     translation_invariant = True
 
     def __init__(self, d_model: int, heads: int = 4, head_dim: int | None = None,
-                 scale: float | None = None):
+                 scale: float | None = None, per_layer_r: bool = False,
+                 per_layer_uv: bool = False, clamp_len: int | None = None, n_layers: int = 1):
         super().__init__()
         head_dim = d_model // heads if head_dim is None else head_dim
         self.d_model, self.heads, self.head_dim = d_model, heads, head_dim
         self.scale = 1.0 / math.sqrt(head_dim) if scale is None else float(scale)
-        self.r_net = nn.Linear(d_model, heads * head_dim, bias=False)   # W_R
-        self.u = nn.Parameter(torch.randn(heads, head_dim) * 0.02)      # r_w_bias
-        self.v = nn.Parameter(torch.randn(heads, head_dim) * 0.02)      # r_r_bias
+        if clamp_len is not None and int(clamp_len) < 0:
+            raise ConfigError("position.clamp_len", clamp_len, why="must be >= 0 (or null)")
+        self.clamp_len = None if clamp_len is None else int(clamp_len)
+        self.per_layer_r, self.per_layer_uv = bool(per_layer_r), bool(per_layer_uv)
+        self.layered = self.per_layer_r or self.per_layer_uv
+        n_sets = max(int(n_layers), 1)
+        if self.per_layer_r:                                            # W_R per layer
+            self.r_net = nn.ModuleList(nn.Linear(d_model, heads * head_dim, bias=False)
+                                       for _ in range(n_sets))
+        else:
+            self.r_net = nn.Linear(d_model, heads * head_dim, bias=False)   # W_R
+        uv_shape = (n_sets, heads, head_dim) if self.per_layer_uv else (heads, head_dim)
+        self.u = nn.Parameter(torch.randn(uv_shape) * 0.02)            # r_w_bias
+        self.v = nn.Parameter(torch.randn(uv_shape) * 0.02)            # r_r_bias
 
-    def _r(self, distances: Tensor) -> Tensor:
+    def for_layer(self, layer: int):
+        """The encoding as layer ``layer`` sees it (its own W_R and/or u, v)."""
+        if not self.layered:
+            return self
+        n = len(self.r_net) if self.per_layer_r else self.u.shape[0]
+        if not 0 <= layer < n:
+            raise ConfigError("position", layer,
+                              why=f"xl_relative holds per-layer parameters for {n} layers, "
+                                  f"asked for layer {layer}")
+        return _LayerView(self, layer)
+
+    def _r(self, distances: Tensor, layer: int | None = None) -> Tensor:
         """W_R R_d for distances (L,) -> (h, L, e)."""
-        r = self.r_net(xl_sinusoid(distances, self.d_model).to(self.r_net.weight.dtype))
+        net = self.r_net
+        if self.per_layer_r:
+            net = self.r_net[_need_layer(layer)]
+        if self.clamp_len is not None:
+            distances = distances.clamp(max=self.clamp_len)
+        r = net(xl_sinusoid(distances, self.d_model).to(net.weight.dtype))
         return r.view(-1, self.heads, self.head_dim).transpose(0, 1)
 
     @staticmethod
@@ -86,29 +119,54 @@ class TransformerXLRelative(PositionEncoding):
                     and torch.equal(q_pos, k_pos[:, n_k - n_q:]))
 
     def position_scores(self, qv: Tensor, q_pos: Tensor, k_pos: Tensor,
-                        shift: bool | None = None) -> Tensor:
+                        shift: bool | None = None, layer: int | None = None) -> Tensor:
         """(q_i + v)·W_R R_{pos_i - pos_j}: qv (B, h, n_q, e) -> (B, h, n_q, n_k)."""
         n_q, n_k = q_pos.shape[1], k_pos.shape[1]
         if shift is None:
             shift = self.contiguous(q_pos, k_pos)
         if shift:
             dist = torch.arange(n_k - 1, -n_q, -1, device=qv.device)   # n_k-1 … -(n_q-1)
-            full = torch.matmul(qv, self._r(dist).transpose(-1, -2).float())  # (B, h, n_q, L)
-            return rel_shift(full)
+            r = self._r(dist, layer).transpose(-1, -2).float()
+            return rel_shift(torch.matmul(qv, r))                        # (B, h, n_q, n_k)
         rel = q_pos[:, :, None] - k_pos[:, None, :]                     # (B, n_q, n_k)
         lo, hi = int(rel.min()), int(rel.max())
         dist = torch.arange(lo, hi + 1, device=qv.device)
-        full = torch.matmul(qv, self._r(dist).transpose(-1, -2).float())  # (B, h, n_q, L)
+        full = torch.matmul(qv, self._r(dist, layer).transpose(-1, -2).float())  # (B, h, n_q, L)
         idx = (rel - lo)[:, None].expand(-1, qv.shape[1], -1, -1)
         return torch.gather(full, 3, idx)
 
-    def bias(self, q: Tensor, k: Tensor, q_pos: Tensor, k_pos: Tensor) -> Tensor:
+    def bias(self, q: Tensor, k: Tensor, q_pos: Tensor, k_pos: Tensor,
+             layer: int | None = None) -> Tensor:
         if q.shape[1] != self.heads or q.shape[-1] != self.head_dim:
             raise ConfigError("position.heads", self.heads,
                               why=f"xl_relative was built for {self.heads}×{self.head_dim} heads, "
                                   f"the mixer has {q.shape[1]}×{q.shape[-1]}")
+        u, v = self.u, self.v
+        if self.per_layer_uv:
+            u, v = u[_need_layer(layer)], v[_need_layer(layer)]
         k = repeat_kv(k, q.shape[1]).float()
-        qv = q.float() + self.v.float()[None, :, None, :]
-        bd = self.position_scores(qv, q_pos, k_pos)                     # (b) + (d)
-        c = torch.einsum("he,bhje->bhj", self.u.float(), k)[:, :, None, :]  # (c): (B, h, 1, n_k)
+        qv = q.float() + v.float()[None, :, None, :]
+        bd = self.position_scores(qv, q_pos, k_pos, layer=layer)       # (b) + (d)
+        c = torch.einsum("he,bhje->bhj", u.float(), k)[:, :, None, :]  # (c): (B, h, 1, n_k)
         return (bd + c) * self.scale
+
+
+class _LayerView:
+    """Layer i's view of a per-layer ``xl_relative``: the same encoding with its set of W_R
+    and/or u, v (attributes other than ``bias`` are the shared module's)."""
+
+    def __init__(self, pe: TransformerXLRelative, layer: int):
+        self.pe, self.layer = pe, layer
+
+    def __getattr__(self, name):
+        return getattr(self.pe, name)
+
+    def bias(self, q: Tensor, k: Tensor, q_pos: Tensor, k_pos: Tensor) -> Tensor:
+        return self.pe.bias(q, k, q_pos, k_pos, layer=self.layer)
+
+
+def _need_layer(layer: int | None) -> int:
+    if layer is None:
+        raise ValueError("a per-layer xl_relative is called through for_layer(i) (the block does "
+                         "this with ctx.layer)")
+    return layer

@@ -1,0 +1,201 @@
+"""Transformer-XL segment-level recurrence with a stop-gradient memory.
+
+Paper: Transformer-XL: Attentive Language Models Beyond a Fixed-Length Context (Dai et al.,
+2019), §3.2:
+    h̃^{n-1}_{τ+1} = [SG(m^{n-1}_{τ+1}) ∘ h^{n-1}_{τ+1}]
+    q^n = h^{n-1}_{τ+1} W_q;   k^n = h̃^{n-1}_{τ+1} W_k,  v^n = h̃^{n-1}_{τ+1} W_v  (current W)
+    h^n_{τ+1} = Layer(q^n, k^n, v^n)
+    m^{n-1}_{τ+2} = the last M rows of [m^{n-1}_{τ+1} ∘ h^{n-1}_{τ+1}]   (M = mem_len)
+SG is stop-gradient, ∘ concatenation along the sequence; every layer n keeps the hidden states
+that entered it, so the dependency length grows as O(N·M) with depth N (paper Fig. 2).
+
+How it runs inside tevo's mixer contract, for any causal mixer: layer n is applied to the
+concatenation [SG(m^{n-1}) ∘ h^{n-1}] (M + n rows) as one causal call, and only the last n rows
+are kept. The rest of the block (norms, residuals, FFN) is position-wise, so those rows are
+exactly XL's outputs: a causal mixer lets row i see rows ≤ i, i.e. the memory and the current
+segment up to i. "Causal mixer" here means one with an incremental form (``supports.cache``:
+row i depends on rows ≤ i only, wherever the input ends); Perceiver AR's latent block, which
+moves with the end of the input, is refused. Token positions continue from the memory
+(``ctx.positions`` of the memory rows are those they had when they were new), so relative
+encodings (``xl_relative``, ``rope``, ``alibi``, ...) see the right distances and absolute ones
+the stream position (a learned table then bounds the stream at ``max_len``).
+
+Complexity (per layer and segment, n new tokens, memory M): the memory rows are recomputed as
+queries too, so softmax attention costs O((M + n)² d) time and the position-wise parts
+O((M + n) d²), against XL's O(n (M + n) d) and O(n d²) when only the new rows are queries;
+memory O(N·M·d) for the cache plus the mixer's own O((M + n)²) scores. The result is the same.
+
+Padding: a row may be left-padded (padding only before its first real token, as in cached
+decoding); the memory carries its padding mask until those rows leave the window. Padding after
+a real token is refused.
+
+Training through the trainer is not wired: ``tevo train`` trains on independent sequences with
+``forward``; ``forward_segment`` (eval, or a training loop that feeds segments in order per batch
+row) carries the memory.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from ..config import SUBLAYERS, ModelConfig, layer_specs
+from ..errors import ConfigError, InputError
+from ..nn.context import MixerContext
+from ..registry import FFNS, MEMORIES, MIXERS, MODELS, split_spec
+
+
+@MEMORIES.register(
+    "xl_memory", paper="Transformer-XL: Attentive Language Models Beyond a Fixed-Length Context "
+                       "(Dai et al., 2019)",
+    equation="§3.2: h̃^{n-1}_τ = [SG(m^{n-1}_τ) ∘ h^{n-1}_τ]; q from h, k, v from h̃; "
+             "m_{τ+1} = last mem_len rows of [m_τ ∘ h_τ] per layer",
+    complexity=("O((M+n)² d) attention + O((M+n) d²) per layer and segment (memory rows "
+                "recomputed as queries)", "O(L·M·d) cache + the mixer's O((M+n)²)"),
+    test="tests/papers/test_memory_xl.py::test_segments_with_full_memory_equal_one_long_pass",
+    tiny={"mem_len": 8})
+class XLMemory(nn.Module):
+    """Segment recurrence: each layer also sees the stop-gradient hidden states of the last
+    mem_len tokens (Transformer-XL)."""
+
+    def __init__(self, mem_len: int | None = None, d_model: int | None = None,
+                 n_layers: int | None = None):
+        super().__init__()
+        _check_mem_len(mem_len)
+        self.mem_len, self.d_model, self.n_layers = int(mem_len), d_model, n_layers
+
+    # -- config ---------------------------------------------------------------------------
+    @classmethod
+    def check_config(cls, cfg: ModelConfig, mem_len: int | None = None, **dims) -> None:
+        """One-line errors for the models this memory cannot wrap."""
+        _check_mem_len(mem_len)
+        if dims:
+            raise ConfigError(f"model.memory.{sorted(dims)[0]}", dims[sorted(dims)[0]],
+                              ["mem_len"], why="set by the model, not by the memory spec")
+        decoders = [n for n in MODELS.names() if _is_decoder_only(MODELS.get(n).obj)]
+        if cfg.arch not in decoders:
+            raise ConfigError("model.arch", cfg.arch, decoders,
+                              why=f"memory 'xl_memory' needs a decoder-only causal model, "
+                                  f"not arch {cfg.arch!r}")
+        if cfg.causal is False:
+            raise ConfigError("model.causal", False, [True],
+                              why="memory 'xl_memory' needs a causal model (future tokens of "
+                                  "the memory would leak into it)")
+        ok_layouts = sorted(set(SUBLAYERS) - {"c"})
+        for i, spec in enumerate(layer_specs(cfg)):
+            where = f"model.layers[{i}]" if cfg.layers else "model"
+            for t in spec["layout"].split():
+                if t not in ok_layouts:
+                    raise ConfigError(f"{where}.layout", t, ok_layouts,
+                                      why=f"memory 'xl_memory' cannot wrap sublayer {t!r} "
+                                          f"({SUBLAYERS.get(t, '?')})")
+            mname, _ = split_spec(spec["mixer"], f"{where}.mixer")
+            sup = MIXERS.get(mname).supports
+            if sup is not None and not sup.cache:
+                ok = [n for n in MIXERS.names()
+                      if MIXERS.get(n).supports.causal and MIXERS.get(n).supports.cache]
+                raise ConfigError(f"{where}.mixer", mname, ok,
+                                  why=f"memory 'xl_memory' needs a causal mixer whose rows do not "
+                                      f"depend on where the input ends (an incremental form); "
+                                      f"{mname!r} has none")
+            if spec["ffn"] is None:
+                continue
+            fname, _ = split_spec(spec["ffn"], f"{where}.ffn")
+            if not getattr(FFNS.get(fname).obj, "position_wise", True):
+                ok = [n for n in FFNS.names() if getattr(FFNS.get(n).obj, "position_wise", True)]
+                raise ConfigError(f"{where}.ffn", fname, ok,
+                                  why=f"memory 'xl_memory' recomputes the memory rows through "
+                                      f"the block; ffn {fname!r} is not position-wise, so they "
+                                      f"would change the new rows")
+
+    # -- state ----------------------------------------------------------------------------
+    def init_memory(self, batch: int, device=None, dtype=None) -> dict:
+        """Empty memory: per layer (B, 0, d) hidden states, their positions (B, 0), their padding
+        mask (None: none padded) and the number of real tokens seen per row (B,)."""
+        n_layers = self.n_layers or 0
+        return {"layers": [torch.zeros(batch, 0, self.d_model, device=device, dtype=dtype)
+                           for _ in range(n_layers)],
+                "positions": torch.zeros(batch, 0, dtype=torch.long, device=device),
+                "mask": None,
+                "seen": torch.zeros(batch, dtype=torch.long, device=device)}
+
+    # -- forward --------------------------------------------------------------------------
+    def forward(self, model: nn.Module, input_ids: Tensor, memory: dict | None = None,
+                attention_mask: Tensor | None = None):
+        """One segment: input_ids (B, n) -> ModelOutput(logits (B, n, V), state = next memory)."""
+        from ..models.common import ModelOutput, check_ids
+        check_ids(input_ids, model.cfg.vocab_size)
+        B, n = input_ids.shape
+        dev = input_ids.device
+        if memory is None:
+            memory = self.init_memory(B, dev, model.embed.weight.dtype
+                                      if hasattr(model.embed, "weight") else None)
+        mems = memory["layers"]
+        if len(mems) != len(model.blocks) or memory["seen"].shape[0] != B:
+            raise InputError(f"xl_memory: the memory holds {len(mems)} layers × batch "
+                             f"{memory['seen'].shape[0]}, the call has {len(model.blocks)} × {B}")
+        seen = memory["seen"].to(dev)                                   # (B,)
+        mask = None if attention_mask is None else attention_mask.to(dev).bool()   # (B, n)
+        if mask is not None:
+            after_real = (seen > 0)[:, None] | (mask.long().cumsum(-1) > 0)
+            first = torch.cat([seen[:, None] > 0, after_real[:, :-1]], 1)
+            if bool((first & ~mask).any()):
+                raise InputError("xl_memory: a row is padded after a real token; only left "
+                                 "padding (before a row's first real token) is supported")
+            pos = (seen[:, None] + mask.long().cumsum(-1) - 1).clamp(min=0)
+        else:
+            pos = seen[:, None] + torch.arange(n, device=dev)           # (B, n)
+        m = mems[0].shape[1] if mems else 0
+        mem_mask = memory["mask"]
+        key_mask = None                                                 # (B, m + n)
+        if mask is not None or mem_mask is not None:
+            ones_m = torch.ones(B, m, dtype=torch.bool, device=dev)
+            ones_n = torch.ones(B, n, dtype=torch.bool, device=dev)
+            key_mask = torch.cat([ones_m if mem_mask is None else mem_mask.to(dev),
+                                  ones_n if mask is None else mask], 1)
+            if bool(key_mask.all()):
+                key_mask = None
+        all_pos = torch.cat([memory["positions"].to(dev), pos], 1)      # (B, m + n)
+
+        x = model.embed_tokens(input_ids, pos)                          # (B, n, d) = h^0
+        ctx = MixerContext(causal=True, key_padding_mask=key_mask, positions=all_pos,
+                           pos=model.pos)
+        new_mems = []
+        for i, blk in enumerate(model.blocks.blocks):
+            ctx.layer, ctx.n_layers = i, len(model.blocks)
+            h_tilde = torch.cat([mems[i].detach().to(x.dtype), x], 1)   # (B, m + n, d)
+            y, _ = blk(h_tilde, ctx, None)                              # causal over m + n rows
+            new_mems.append(h_tilde[:, -self.mem_len:].detach())        # (B, ≤M, d)
+            x = y[:, -n:]                                               # (B, n, d) = h^i
+        if model.norm is not None:
+            x = model.norm(x)
+        logits = model.head(x)                                          # (B, n, V)
+        new_memory = {"layers": new_mems, "positions": all_pos[:, -self.mem_len:],
+                      "mask": None if key_mask is None else key_mask[:, -self.mem_len:],
+                      "seen": seen + (n if mask is None else mask.long().sum(-1))}
+        return ModelOutput(logits, new_memory, ctx.aux_loss(), None, {"aux": ctx.aux})
+
+
+def stream_logits(model: nn.Module, input_ids: Tensor, seg_len: int,
+                  attention_mask: Tensor | None = None, memory: dict | None = None):
+    """Evaluate a long stream segment by segment with the model's memory: input_ids (B, T) ->
+    (logits (B, T, V), final memory). The last segment may be shorter."""
+    if seg_len < 1:
+        raise ConfigError("seg_len", seg_len, why="must be >= 1")
+    outs = []
+    for s in range(0, input_ids.shape[1], seg_len):
+        am = None if attention_mask is None else attention_mask[:, s:s + seg_len]
+        o = model.forward_segment(input_ids[:, s:s + seg_len], memory, attention_mask=am)
+        outs.append(o.logits)
+        memory = o.state
+    return torch.cat(outs, 1), memory
+
+
+def _check_mem_len(mem_len) -> None:
+    if mem_len is None or isinstance(mem_len, bool) or not isinstance(mem_len, int) or mem_len < 1:
+        raise ConfigError("model.memory.mem_len", mem_len,
+                          why=f"xl_memory needs mem_len, a positive integer (got {mem_len!r})")
+
+
+def _is_decoder_only(cls) -> bool:
+    return (getattr(cls, "default_causal", False) and not getattr(cls, "has_decoder", False)
+            and hasattr(cls, "forward_segment"))
