@@ -96,6 +96,7 @@ class TrainConfig:
     progress: bool = True                  # rich progress bar on a terminal (plain lines otherwise)
     plot: bool = True                      # loss-curve PNG at the end when matplotlib is installed
     threads: Any = None                    # CPU threads: null = torch's default, N, or auto
+    distributed: str = "ddp"               # ddp | fsdp: how torchrun's processes share the model
     extra: dict = field(default_factory=dict)
 
 
@@ -263,6 +264,8 @@ def validate(cfg: RunConfig) -> None:
         raise ConfigError("train.precision", t.precision, ["fp32", "bf16", "auto"])
     if t.schedule not in ("cosine", "linear", "constant"):
         raise ConfigError("train.schedule", t.schedule, ["cosine", "linear", "constant"])
+    if t.distributed not in ("ddp", "fsdp"):
+        raise ConfigError("train.distributed", t.distributed, ["ddp", "fsdp"])
     for k in ("steps", "batch_size", "grad_accum"):
         if int(getattr(t, k)) < 1:
             raise ConfigError(f"train.{k}", getattr(t, k), why="must be >= 1")
@@ -379,7 +382,10 @@ def validate_model(cfg: ModelConfig) -> None:
         check_kwargs(INITS.get(name, "model.init").obj, kw, f"model.init({name})")
     if cfg.memory is not None:
         name, kw = split_spec(cfg.memory, "model.memory")
-        check_kwargs(MEMORIES.get(name, "model.memory").obj, kw, f"model.memory({name})")
+        mem = MEMORIES.get(name, "model.memory").obj
+        check_kwargs(mem, kw, f"model.memory({name})")
+        if hasattr(mem, "check_config"):          # combinations the memory cannot wrap
+            mem.check_config(cfg, **kw)
     mixer_name, mixer_kw = split_spec(cfg.mixer, "model.mixer")
     heads = mixer_kw.get("heads")
     if heads and "head_dim" not in mixer_kw and cfg.d_model % int(heads):

@@ -19,16 +19,20 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 
-def state_dict_for_save(model: nn.Module) -> dict:
+def state_dict_for_save(model: nn.Module, full: dict | None = None) -> dict:
     """The state dict with tied (shared-storage) tensors kept once and made contiguous;
-    ``load_weights`` restores ties through the module itself."""
+    ``load_weights`` restores ties through the module itself. ``full``: the gathered
+    (unsharded) state dict of an FSDP-sharded ``model``, saved with the same keys."""
     out, seen = {}, {}
     for k, v in model.state_dict().items():
-        key = (v.data_ptr(), v.shape, v.stride()) if v.numel() else None
+        t = v.to_local() if hasattr(v, "to_local") else v        # a DTensor: this rank's shard
+        key = (t.data_ptr(), t.shape, t.stride()) if t.numel() else None
         if key is not None and key in seen:
             continue
         if key is not None:
             seen[key] = k
+        if full is not None:
+            v = full[k]
         out[k] = v.detach().contiguous().clone() if not v.is_contiguous() else v.detach()
     return out
 
@@ -80,8 +84,10 @@ def latest_checkpoint(run_dir) -> Path | None:
     return ck[-1] if ck else None
 
 
-def save_checkpoint(run_dir, step: int, model: nn.Module, state: dict, keep_last: int = 2) -> Path:
-    """Write weights + state under a temporary name, rename it into place, prune old ones."""
+def save_checkpoint(run_dir, step: int, model: nn.Module, state: dict, keep_last: int = 2,
+                    weights: dict | None = None) -> Path:
+    """Write weights + state under a temporary name, rename it into place, prune old ones.
+    ``weights``: the tensors to write instead of ``model``'s (e.g. gathered from FSDP shards)."""
     root = Path(run_dir) / CKPT_DIR
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step_{step:08d}"
@@ -89,7 +95,7 @@ def save_checkpoint(run_dir, step: int, model: nn.Module, state: dict, keep_last
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir()
-    save_file(state_dict_for_save(model), str(tmp / WEIGHTS))
+    save_file(state_dict_for_save(model) if weights is None else weights, str(tmp / WEIGHTS))
     torch.save(state, tmp / STATE)
     if final.exists():                     # the same step saved again (e.g. stop right after)
         shutil.rmtree(final)

@@ -10,6 +10,7 @@ import torch
 from ..data.pipeline import batch_to
 from ..errors import InputError
 from ..objectives.base import MetricSums
+from .distributed import any_rank
 
 EVAL_SEED = 1234          # randomness inside evaluation (MLM masks) is fixed and never
                           # touches the training generators
@@ -44,9 +45,12 @@ def autocast(device: torch.device, precision: str):
 @torch.no_grad()
 def evaluate(model, objective, data, split: str = "val", batch_size: int = 32,
              max_batches: int | None = None, device=None, precision: str = "fp32",
-             rank: int = 0, world: int = 1, seq_len: int | None = None) -> dict:
+             rank: int = 0, world: int = 1, seq_len: int | None = None,
+             lockstep: bool = False) -> dict:
     """Metric means over ``split`` (all of it when ``max_batches`` is None) plus derived ones
-    (perplexity, bits_per_token, bits_per_char, bits_per_byte)."""
+    (perplexity, bits_per_token, bits_per_char, bits_per_byte). ``lockstep``: every rank runs
+    as many forwards (an FSDP forward is collective), a rank out of batches repeating one
+    uncounted."""
     device = device or next(model.parameters()).device
     was_training = model.training
     model.eval()
@@ -55,9 +59,13 @@ def evaluate(model, objective, data, split: str = "val", batch_size: int = 32,
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(EVAL_SEED)
             with autocast(device, precision):
-                for b in data.eval_batches(split, batch_size, max_batches, rank, world, seq_len):
+                batches = data.eval_batches(split, batch_size, max_batches, rank, world, seq_len)
+                pairs = ((b, True) for b in batches) if not lockstep else _in_lockstep(
+                    batches, device, lambda: data.eval_batches(split, 1, 1, 0, 1, seq_len))
+                for b, counted in pairs:
                     _, m = objective(model, batch_to(b, device))
-                    sums.add(m)
+                    if counted:
+                        sums.add(m)
     finally:
         model.train(was_training)
     sums.all_reduce(device)
@@ -65,6 +73,20 @@ def evaluate(model, objective, data, split: str = "val", batch_size: int = 32,
     out.update(objective.derived(out, data.stats(split)))
     out["eval_tokens"] = int(sums.count("loss"))
     return out
+
+
+def _in_lockstep(batches, device, fallback):
+    """(batch, counted) pairs until every rank has run out: a rank done early repeats its last
+    batch (or ``fallback()``'s first when it had none), not counted."""
+    last = None
+    for b in batches:
+        any_rank(True, device)
+        last = b
+        yield b, True
+    while any_rank(False, device):
+        if last is None:
+            last = next(iter(fallback()))
+        yield last, False
 
 
 def evaluate_lengths(model, objective, data, lengths, split: str = "val",

@@ -1,7 +1,7 @@
 """The one training loop: AdamW with decoupled weight decay, warm-up + cosine/linear decay,
 gradient clipping and accumulation, bf16 autocast (CPU and GPU), optional ``torch.compile``,
 deterministic seeding, periodic evaluation, early NaN/Inf detection, atomic checkpoints and
-exact resume, DDP under ``torchrun``.
+exact resume, DDP or FSDP (``train.distributed``) under ``torchrun``.
 
     summary = Trainer(load_config("default")).fit()
 
@@ -36,8 +36,8 @@ from ..errors import ConfigError, InputError, TevoError
 from ..objectives.base import MetricSums
 from ..registry import MODELS, OBJECTIVES
 from . import distributed
-from .checkpoint import latest_checkpoint, load_checkpoint, rng_state, save_checkpoint, \
-    set_rng_state
+from .checkpoint import WEIGHTS, latest_checkpoint, load_checkpoint, rng_state, \
+    save_checkpoint, set_rng_state
 from .evaluate import autocast, evaluate, resolve_precision
 from .log import MetricsLog, ProgressDisplay, plot_losses
 from .optim import Schedule, build_optimizer
@@ -150,6 +150,11 @@ class Trainer:
         seed_everything(tc.seed)                     # the model's init does not depend on data
         self.model = MODELS.get(cfg.model.arch, "model.arch").obj(cfg.model).to(self.device)
         self.objective.check_model(self.model)
+        self.fsdp = d.enabled and tc.distributed == "fsdp"
+        if self.fsdp:                                # parameters become shards: before AdamW
+            from . import fsdp
+            fsdp.shard(self.model, self.device, d.world,
+                       bool(tc.extra.get("find_unused_parameters", True)))
         self.optimizer = build_optimizer(self.model, tc, self.device.type)
         self.schedule = Schedule(tc.lr, tc.steps, tc.warmup, tc.schedule, tc.min_lr_ratio,
                                  None if tc.max_minutes is None else 60.0 * tc.max_minutes)
@@ -163,7 +168,7 @@ class Trainer:
         self.fwd = self.model
         if tc.compile:
             self.fwd = torch.compile(self.model)
-        if d.enabled:
+        if d.enabled and not self.fsdp:
             from torch.nn.parallel import DistributedDataParallel as DDP
             self.fwd = DDP(self.fwd, device_ids=[self.device.index] if self.device.type == "cuda"
                            else None,
@@ -177,11 +182,16 @@ class Trainer:
         ck = latest_checkpoint(self.run_dir)
         if ck is None:
             raise TevoError(f"no checkpoint to resume from in {self.run_dir}")
-        st = load_checkpoint(ck, self.model, map_location=self.device)
+        st = load_checkpoint(ck, None if self.fsdp else self.model,
+                             map_location="cpu" if self.fsdp else self.device)
         if "optimizer" not in st or "data" not in st:
             raise TevoError(f"{ck} holds weights but no training state (a converted model?); "
                             f"it can be evaluated or fine-tuned from, not resumed")
-        self.optimizer.load_state_dict(st["optimizer"])
+        if self.fsdp:
+            from . import fsdp
+            fsdp.load_full_state(self.model, self.optimizer, ck / WEIGHTS, st["optimizer"])
+        else:
+            self.optimizer.load_state_dict(st["optimizer"])
         self.data.load_state_dict(st["data"])
         self.step, self.tokens = int(st["step"]), int(st["tokens"])
         self.train_time, self.elapsed0 = float(st["train_time"]), float(st["elapsed"])
@@ -191,7 +201,12 @@ class Trainer:
         self.resumed_from = str(ck)
 
     def _state(self) -> dict:
-        return {"step": self.step, "optimizer": self.optimizer.state_dict(),
+        if self.fsdp:                            # collective; gathered on rank 0
+            from . import fsdp
+            opt = fsdp.full_optimizer_state(self.model, self.optimizer)
+        else:
+            opt = self.optimizer.state_dict()
+        return {"step": self.step, "optimizer": opt,
                 "schedule": self.schedule.state_dict(), "data": self.data.state_dict(),
                 "rng": distributed.gather_objects(rng_state()), "tokens": self.tokens,
                 "train_time": self.train_time, "elapsed": self.elapsed(),
@@ -199,11 +214,15 @@ class Trainer:
 
     def save(self) -> Path | None:
         state = self._state()                    # collective: every rank takes part
+        weights = None
+        if self.fsdp:
+            from . import fsdp
+            weights = fsdp.full_weights(self.model)
         self.saved_step = self.step
         if not self.dist.is_main:
             return None
         return save_checkpoint(self.run_dir, self.step, self.model, state,
-                               self.cfg.train.keep_last)
+                               self.cfg.train.keep_last, weights)
 
     def elapsed(self) -> float:
         return self.elapsed0 + time.time() - self.t_loop
@@ -222,7 +241,10 @@ class Trainer:
         for k in range(tc.grad_accum):
             mb = batch_to(slice_batch(batch, base + k * self.micro, base + (k + 1) * self.micro),
                           self.device)
-            sync = nullcontext() if not d.enabled or k == tc.grad_accum - 1 else self.fwd.no_sync()
+            last = k == tc.grad_accum - 1
+            if self.fsdp:                        # reduce-scatter after the last micro-batch
+                self.model.set_requires_gradient_sync(last)
+            sync = nullcontext() if not d.enabled or self.fsdp or last else self.fwd.no_sync()
             with sync:
                 with autocast(self.device, tc.precision):
                     loss, metrics = self.objective(self.fwd, mb)
@@ -230,6 +252,8 @@ class Trainer:
             sums.add(metrics)
         max_norm = float(tc.grad_clip) if tc.grad_clip else float("inf")
         gnorm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
+        if hasattr(gnorm, "full_tensor"):        # FSDP: the global norm, a replicated DTensor
+            gnorm = gnorm.full_tensor()
         bad = ~torch.isfinite(gnorm)
         if not d.enabled:
             bad = bad | ~torch.isfinite(loss.detach())
@@ -338,9 +362,12 @@ class Trainer:
 
     def evaluate(self, split: str = "val", max_batches: int | None = None,
                  seq_len: int | None = None) -> dict:
-        return evaluate(self.model, self.objective, self.data, split, self.micro, max_batches,
-                        self.device, self.cfg.train.precision, self.dist.rank, self.dist.world,
-                        seq_len)
+        r = evaluate(self.model, self.objective, self.data, split, self.micro, max_batches,
+                     self.device, self.cfg.train.precision, self.dist.rank, self.dist.world,
+                     seq_len, lockstep=self.fsdp)
+        if self.fsdp:                   # a forward without backward leaves the root unsharded
+            self.model.reshard()
+        return r
 
     def finish(self, stopped: str, log: MetricsLog | None) -> dict:
         tc = self.cfg.train
@@ -368,10 +395,13 @@ class Trainer:
             "precision": tc.precision,
         }
         summary = {k: v for k, v in summary.items() if v is not None}
+        sample = None                              # FSDP forwards are collective: every rank
+        if tc.sample_tokens and self.objective.data_format == "lm" \
+                and self.data.tokenizer is not None and (self.dist.is_main or self.fsdp):
+            sample = self.sample(int(tc.sample_tokens))
         if self.dist.is_main:
-            if tc.sample_tokens and self.objective.data_format == "lm" \
-                    and self.data.tokenizer is not None:
-                summary["sample"] = self.sample(int(tc.sample_tokens))
+            if sample is not None:
+                summary["sample"] = sample
                 (self.run_dir / "sample.txt").write_text(summary["sample"])
             if tc.plot:
                 png = plot_losses(self.run_dir)
