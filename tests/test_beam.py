@@ -16,15 +16,6 @@ from tevo.inference.generate import generate
 from tevo.registry import INFERENCE, MIXERS
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Many tiny forward passes: one thread is fastest (and immune to a busy machine)."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 def _model(vocab=40, max_len=24, mixer=None, d=32, seed=0):
     torch.manual_seed(seed)
     return tevo.build_model("gpt2", n_layers=2, d_model=d, vocab_size=vocab, max_len=max_len,

@@ -12,15 +12,6 @@ from tevo.inference.generate import filter_logits, generate
 from tevo.registry import INFERENCE
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Many tiny forward passes: one thread is fastest (and immune to a busy machine)."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 def _model(position="learned", max_len=24):
     torch.manual_seed(0)
     return tevo.build_model("gpt2", n_layers=2, d_model=32, vocab_size=40, max_len=max_len,

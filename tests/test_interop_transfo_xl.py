@@ -1,24 +1,14 @@
 """Transformer-XL (transformers <= 4.37.2 only): import gives HF's log-probabilities over
 consecutive segments, the later ones read the segment memory, and the memories themselves
 agree; unsupported adaptive-softmax options are errors naming the option."""
-import importlib
 import warnings
 
 import pytest
 import torch
+from tiny import hf_transfo_xl
 
 
-def _transfo_xl():
-    for path in ("transformers.models.transfo_xl.modeling_transfo_xl",
-                 "transformers.models.deprecated.transfo_xl.modeling_transfo_xl"):
-        try:
-            return importlib.import_module(path)
-        except Exception:
-            continue
-    return None
-
-
-pytestmark = pytest.mark.skipif(_transfo_xl() is None,
+pytestmark = pytest.mark.skipif(hf_transfo_xl() is None,
                                 reason="TransfoXL needs transformers <= 4.37.2")
 
 V, D, M, N, B = 53, 16, 8, 8, 2

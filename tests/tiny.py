@@ -63,3 +63,15 @@ def make_position(name: str, d: int = D, heads: int = 2):
     e = POSITIONS.get(name)
     return POSITIONS.build({"name": name, **e.tiny}, d_model=d, max_len=64, heads=heads,
                            head_dim=d // heads)
+
+
+def hf_transfo_xl():
+    """transformers' Transformer-XL module (transformers <= 4.37.2), or None."""
+    import importlib
+    for path in ("transformers.models.transfo_xl.modeling_transfo_xl",
+                 "transformers.models.deprecated.transfo_xl.modeling_transfo_xl"):
+        try:
+            return importlib.import_module(path)
+        except Exception:
+            continue
+    return None

@@ -1,11 +1,11 @@
 """Transformer-XL relative encoding: the shift trick (and the gather path used with padding)
 equal the naive O(n²) formula of A^rel; optionally the numbers of HF transformers' TransfoXL
 attention (transformers <= 4.37.2 only)."""
-import importlib
 import math
 
 import pytest
 import torch
+from tiny import hf_transfo_xl
 
 from tevo.positions.xl_relative import TransformerXLRelative, rel_shift, xl_sinusoid
 
@@ -69,19 +69,9 @@ def test_rel_shift_is_the_papers_index_map():
             assert out[i, j] == x[i, j + n_q - 1 - i]
 
 
-def _hf_transfo_xl():
-    for path in ("transformers.models.transfo_xl.modeling_transfo_xl",
-                 "transformers.models.deprecated.transfo_xl.modeling_transfo_xl"):
-        try:
-            return importlib.import_module(path)
-        except Exception:
-            continue
-    return None
-
-
-@pytest.mark.skipif(_hf_transfo_xl() is None, reason="TransfoXL needs transformers <= 4.37.2")
+@pytest.mark.skipif(hf_transfo_xl() is None, reason="TransfoXL needs transformers <= 4.37.2")
 def test_xl_matches_hf_transfo_xl_attention_probabilities():
-    mod = _hf_transfo_xl()
+    mod = hf_transfo_xl()
     n, d, h, e = 7, 16, 2, 8
     attn = mod.RelPartialLearnableMultiHeadAttn(h, d, e, dropout=0.0).eval()
     with torch.no_grad():
