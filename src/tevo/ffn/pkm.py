@@ -19,11 +19,12 @@ not position-wise there — ``position_wise`` says which mode is in force. ``que
 layernorm`` (or ``none``) gives a query network that is position-wise in both modes.
 
 Memory values: the paper updates them sparsely with their own Adam (lr 1e-3, §4.2) because a
-dense update of a million rows is slow. The values are an embedding table (no weight decay in
-tevo's AdamW groups); ``sparse: true`` makes their gradients sparse, and
-``optimizer_groups()`` returns them as a separate group so that a trainer can give them their
-own (sparse) optimiser and learning rate. With the default ``sparse: false`` the shared AdamW
-trains them densely.
+dense update of a million rows is slow. ``optimizer_groups()`` returns them as their own group
+(no weight decay, learning rate ``values_lr``), which tevo's trainer honours (the rate becomes a
+scale of the schedule: ``values_lr / train.lr``); ``sparse: true`` makes their gradients sparse
+and puts them in ``torch.optim.SparseAdam`` beside the AdamW of the rest (only the rows a step
+read are updated; tests/test_train.py checks that, sparse-aware clipping and exact resume).
+With the default ``sparse: false`` AdamW updates them densely, at their own rate.
 """
 from __future__ import annotations
 

@@ -40,7 +40,7 @@ from .checkpoint import WEIGHTS, latest_checkpoint, load_checkpoint, rng_state, 
     save_checkpoint, set_rng_state
 from .evaluate import autocast, evaluate, resolve_precision
 from .log import MetricsLog, ProgressDisplay, plot_losses
-from .optim import Schedule, build_optimizer
+from .optim import Schedule, build_optimizer, clip_gradients, has_sparse_gradients
 
 CONFIG = "config.yaml"
 SUMMARY = "summary.json"
@@ -151,6 +151,10 @@ class Trainer:
         self.model = MODELS.get(cfg.model.arch, "model.arch").obj(cfg.model).to(self.device)
         self.objective.check_model(self.model)
         self.fsdp = d.enabled and tc.distributed == "fsdp"
+        if self.fsdp and has_sparse_gradients(self.model):
+            raise ConfigError("train.distributed", "fsdp", ["ddp"],
+                              why="FSDP shards dense parameters only; this model has sparse "
+                                  "embedding gradients (e.g. pkm sparse: true)")
         if self.fsdp:                                # parameters become shards: before AdamW
             from . import fsdp
             fsdp.shard(self.model, self.device, d.world,
@@ -232,7 +236,7 @@ class Trainer:
         tc, d = self.cfg.train, self.dist
         lr = self.schedule(self.step, self.elapsed())
         for g in self.optimizer.param_groups:
-            g["lr"] = lr
+            g["lr"] = lr * g.get("lr_scale", 1.0)       # component groups scale the schedule
         batch = self.data.train_batch(int(tc.batch_size))
         n_tokens = sum(v.numel() for k, v in batch.items() if k in ("input_ids", "src_ids",
                                                                    "tgt_ids"))
@@ -251,7 +255,7 @@ class Trainer:
                 (loss / tc.grad_accum).backward()
             sums.add(metrics)
         max_norm = float(tc.grad_clip) if tc.grad_clip else float("inf")
-        gnorm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
+        gnorm = clip_gradients(self.model.parameters(), max_norm)
         if hasattr(gnorm, "full_tensor"):        # FSDP: the global norm, a replicated DTensor
             gnorm = gnorm.full_tensor()
         bad = ~torch.isfinite(gnorm)
