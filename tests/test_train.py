@@ -14,6 +14,7 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -387,3 +388,178 @@ def test_pkm_values_train_with_their_own_sparse_adam_and_resume_exactly(corpus, 
     train(load_config("default", tiny(corpus, tmp_path / "part", pkm)), stop_at=8)
     assert cli.main(["train", "--resume", str(tmp_path / "part")]) == 0
     assert losses(tmp_path / "full") == losses(tmp_path / "part")
+
+
+# -- Transformer-XL training: ordered lanes, memory carried across steps --------------------------
+XL = ["model.position=xl_relative", "model.memory={name: xl_memory, mem_len: 48}"]
+
+
+def _lanes(tokens, lanes: int) -> torch.Tensor:
+    """The stream cut into ``lanes`` contiguous lanes (remainder dropped): (lanes, lane_len)."""
+    t = torch.as_tensor(np.asarray(tokens, dtype=np.int64))
+    n = len(t) // lanes
+    return t[:lanes * n].view(lanes, n)
+
+
+def _segment_ce(model, lanes, seg_len, max_segments=None):
+    """Token-mean cross-entropy of a hand-written Transformer-XL loop: every lane read from its
+    start in segments of seg_len, forward_segment with the memory carried."""
+    mem, total, count = None, 0.0, 0
+    for k, s in enumerate(range(0, lanes.shape[1] - 1, seg_len)):
+        if max_segments is not None and k >= max_segments:
+            break
+        w = lanes[:, s:s + seg_len + 1]
+        out = model.forward_segment(w[:, :-1], mem)
+        mem = out.state
+        total += torch.nn.functional.cross_entropy(
+            out.logits.flatten(0, 1), w[:, 1:].flatten(), reduction="sum").double().item()
+        count += w[:, 1:].numel()
+    return total / count
+
+
+def test_lane_reader_reads_each_lane_in_order_and_wraps_at_its_end():
+    from tevo.data.stream import LaneReader
+    r = LaneReader(23, lanes=2, seg_len=4)                 # lanes [0, 11), [11, 22); 22 dropped
+    assert r.lane_len == 11
+    steps = [r.take() for _ in range(3)]
+    assert steps[0].tolist() == [[0, 1, 2, 3, 4], [11, 12, 13, 14, 15]]
+    assert steps[1].tolist() == [[4, 5, 6, 7, 8], [15, 16, 17, 18, 19]]   # shares one token
+    assert steps[2].tolist() == [[8, 9, 10, 0, 1], [19, 20, 21, 11, 12]]  # wraps in its lane
+    st = r.state_dict()
+    assert st == {"offset": 1, "lanes": 2, "lane_len": 11}
+    again = LaneReader(23, 2, 4)
+    again.load_state_dict(st)
+    assert np.array_equal(again.take(), r.take())
+    with pytest.raises(tevo.InputError, match="lanes"):
+        LaneReader(24, 3, 4).load_state_dict(st)
+    with pytest.raises(tevo.InputError, match="train.batch_size"):
+        LaneReader(23, 5, 4)                               # 4 tokens a lane: not one segment
+
+
+def test_xl_memory_training_reads_lanes_in_order_and_carries_the_memory(corpus, tmp_path):
+    """Transformer-XL training (Dai et al., 2019, §3.2): step t feeds lane b's tokens
+    [b·lane_len + 32t, b·lane_len + 32(t+1) + 1) to forward_segment with the memory left by step
+    t-1 (per micro-batch of lanes). At a negligible learning rate the logged losses equal a
+    hand-written loop over forward_segment with the initial weights; without the memory they
+    would not."""
+    ov = [*XL, "train.lr=1e-9", "train.steps=3", "train.eval_every=0", "train.grad_accum=2",
+          "train.final_eval_batches=1"]
+    tr = Trainer(load_config("default", tiny(corpus, tmp_path / "xl", *ov)))
+    model0 = copy.deepcopy(tr.model).eval()
+    tr.fit()
+    lanes = _lanes(tr.data.streams["train"].tokens, 8)
+    got = losses(tmp_path / "xl")
+    mem = None
+    with torch.no_grad():
+        for t in range(3):
+            w = lanes[:, 32 * t:32 * t + 33]
+            out = model0.forward_segment(w[:, :-1], mem)
+            ce = torch.nn.functional.cross_entropy(out.logits.flatten(0, 1), w[:, 1:].flatten())
+            assert abs(ce.item() - got[t + 1]) < 1e-5, (t, ce.item(), got[t + 1])
+            if t:
+                alone = model0.forward_segment(w[:, :-1]).logits
+                ce0 = torch.nn.functional.cross_entropy(alone.flatten(0, 1), w[:, 1:].flatten())
+                assert abs(ce0.item() - got[t + 1]) > 1e-3          # the memory was used
+            mem = out.state
+    assert [m["seen"].tolist() for m in tr.memories] == [[96] * 4] * 2   # 3 segments per lane
+    assert all(x.shape == (4, 48, 32) and not x.requires_grad
+               for m in tr.memories for x in m["layers"])
+    assert tr.data.state_dict()["lanes"]["offset"] == 96
+
+
+def test_xl_memory_training_resumes_exactly_and_accumulates_disjoint_lanes(corpus, tmp_path):
+    """2N steps equal N steps + resume + N steps bit for bit (dropout on, two micro-batches of
+    lanes): the checkpoint holds the lane offset and every lane's memory (torch.save, loaded
+    with weights_only=True). Accumulating two micro-batches of 4 lanes equals one of 8."""
+    ov = [*XL, "model.dropout=0.1", "train.grad_accum=2"]
+    train(load_config("default", tiny(corpus, tmp_path / "full", *ov)))
+    train(load_config("default", tiny(corpus, tmp_path / "part", *ov)), stop_at=8)
+    st = torch.load(latest_checkpoint(tmp_path / "part") / STATE, weights_only=True)
+    assert st["data"]["lanes"]["offset"] == 8 * 32 and st["data"]["lanes"]["lanes"] == 8
+    assert [x.shape for x in st["memory"]["layers"]] == [(8, 48, 32)] * 2
+    assert st["memory"]["seen"].tolist() == [8 * 32] * 8
+    assert cli.main(["train", "--resume", str(tmp_path / "part")]) == 0
+    a, b = losses(tmp_path / "full"), losses(tmp_path / "part")
+    assert sorted(a) == list(range(1, 17)) and a == b                 # identical at every step
+    assert losses(tmp_path / "full", "val") == losses(tmp_path / "part", "val")
+    sa = json.loads((tmp_path / "full" / "summary.json").read_text())
+    sb = json.loads((tmp_path / "part" / "summary.json").read_text())
+    assert sa["final_val_loss"] == sb["final_val_loss"]
+    ov = [*XL, "train.steps=4", "train.eval_every=0"]
+    train(load_config("default", tiny(corpus, tmp_path / "one", *ov)))
+    train(load_config("default", tiny(corpus, tmp_path / "acc", *ov, "train.grad_accum=2")))
+    a, b = losses(tmp_path / "one"), losses(tmp_path / "acc")
+    assert sorted(a) == sorted(b) == [1, 2, 3, 4]
+    assert all(abs(a[s] - b[s]) < 1e-4 for s in a), (a, b)
+
+
+def test_xl_memory_validation_reads_the_split_in_order_with_the_memory(corpus, tmp_path,
+                                                                       capsys):
+    """Validation and `tevo eval` of a Transformer-XL run read the split in order, in
+    batch_size lanes and segments of seq_len, the memory carried: they equal a hand-written
+    loop over forward_segment (whole split, and the first 3 segments of every lane); with
+    mem_len ≥ a lane, segment-wise evaluation is one long causal pass over each lane."""
+    ov = ["model.position=xl_relative", "model.memory={name: xl_memory, mem_len: 16}",
+          "train.steps=2", "train.eval_every=0", "train.final_eval_batches=null",
+          "train.ckpt_every=2"]
+    run = tmp_path / "short"
+    s = train(load_config("default", tiny(corpus, run, *ov)))
+    r = load_run(run)
+    lanes = _lanes(r.data.streams["val"].tokens, 8)
+    with torch.no_grad():
+        ref = _segment_ce(r.model, lanes, 32)
+        ref3 = _segment_ce(r.model, lanes, 32, max_segments=3)
+    assert s["val_tokens"] == lanes.shape[0] * (lanes.shape[1] - 1)
+    assert abs(s["final_val_loss"] - ref) < 1e-6, (s["final_val_loss"], ref)
+    tr = Trainer(load_config(run / "config.yaml"), run_dir=run, resume=True)
+    assert abs(tr.evaluate("val", 3)["loss"] - ref3) < 1e-6
+    capsys.readouterr()
+    assert cli.main(["eval", str(run), "--json"]) == 0                  # tevo eval: the same
+    assert json.loads(capsys.readouterr().out)["loss"] == s["final_val_loss"]
+
+    n_lane = lanes.shape[1]
+    ov[1] = f"model.memory={{name: xl_memory, mem_len: {n_lane}}}"
+    s = train(load_config("default", tiny(corpus, tmp_path / "full", *ov)))
+    r = load_run(tmp_path / "full")
+    with torch.no_grad():
+        logits = r.model(lanes[:, :-1]).logits                        # one pass per lane
+    long = torch.nn.functional.cross_entropy(logits.flatten(0, 1), lanes[:, 1:].flatten())
+    assert n_lane > 10 * 32 and abs(s["final_val_loss"] - long.item()) < 1e-5
+
+
+def test_xl_memory_training_refuses_what_cannot_carry_a_memory(corpus, tmp_path):
+    from tevo.train.segments import check_segment_training
+    bad = [(["model.position=learned"], "model.position"),        # positions grow past a table
+           (["data.task={name: copy, vocab: 8, length: 6}"], "model.memory")]
+    for extra, field in bad:
+        with pytest.raises(tevo.ConfigError) as e:
+            Trainer(load_config("default", tiny(corpus, tmp_path / "bad", *XL, *extra)))
+        assert str(e.value).startswith(field) and "\n" not in str(e.value)
+    model = tevo.build_model({"arch": "gpt", "vocab_size": 16, "d_model": 16, "n_layers": 1,
+                              "mixer": {"name": "softmax", "heads": 2}, "position": "rope",
+                              "memory": {"name": "xl_memory", "mem_len": 4}})
+    with pytest.raises(tevo.ConfigError, match=r"^train.distributed: .*forward_segment"):
+        check_segment_training(model, fsdp=True)
+
+
+def test_xl_memory_ddp_matches_one_process_and_resumes_in_one(corpus, tmp_path):
+    """Under DDP each rank trains its own lanes (rank r: lanes [4r, 4r + 4), two micro-batches
+    of 2) with their memories; the losses equal one process, and the checkpoint holds every
+    lane's memory in lane order, so one process resumes a two-process run."""
+    ov = [*XL, "train.steps=4", "train.eval_every=2", "train.grad_accum=2",
+          "train.ckpt_every=2"]
+    torchrun_train(*tiny(corpus, tmp_path / "ddp", *ov))
+    with threads(1):
+        train(load_config("default", tiny(corpus, tmp_path / "single", *ov)))
+    a, b = losses(tmp_path / "single"), losses(tmp_path / "ddp")
+    assert sorted(a) == sorted(b) == [1, 2, 3, 4]
+    assert all(abs(a[s] - b[s]) < 1e-4 for s in a), (a, b)
+    va, vb = losses(tmp_path / "single", "val"), losses(tmp_path / "ddp", "val")
+    assert sorted(va) == sorted(vb) and all(abs(va[s] - vb[s]) < 1e-4 for s in va)
+    shutil.copytree(tmp_path / "ddp", tmp_path / "resumed")
+    shutil.rmtree(tmp_path / "resumed" / "checkpoints" / "step_00000004")
+    (tmp_path / "resumed" / "summary.json").unlink()
+    with threads(1):
+        assert cli.main(["train", "--resume", str(tmp_path / "resumed")]) == 0
+    c = losses(tmp_path / "resumed")
+    assert sorted(c) == [1, 2, 3, 4] and all(abs(c[s] - a[s]) < 1e-4 for s in a)

@@ -22,10 +22,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..errors import ConfigError
+from ..errors import ConfigError, InputError
 from ..registry import TASKS
 from .corpora import SPLITS, corpus_spec, load_corpus
-from .stream import TokenStream, WindowSampler, eval_starts
+from .stream import LaneReader, TokenStream, WindowSampler, eval_starts
 from .tokenizer import build_tokenizer, load_tokenizer
 
 FORMATS = ("lm", "mlm", "seq2seq")
@@ -53,6 +53,13 @@ class DataModule:
 
     def train_batch(self, n: int) -> dict:
         raise NotImplementedError
+
+    def read_in_order(self, lanes: int) -> None:
+        """From now on, ``train_batch`` reads the training stream in order, in ``lanes``
+        contiguous lanes (for a segment memory, see ``LaneReader``)."""
+        raise ConfigError("model.memory", why="a segment memory trains on a text corpus read "
+                                              "in order; a synthetic task (data.task) gives "
+                                              "independent sequences")
 
     def eval_batches(self, split: str, batch_size: int, max_batches: int | None = None,
                      rank: int = 0, world: int = 1, seq_len: int | None = None
@@ -91,6 +98,7 @@ class CorpusData(DataModule):
                     raise ConfigError("objective", fmt, why=f"seq2seq on a corpus needs {s}")
         self.sampler = WindowSampler(len(streams["train"]), self.window(self.seq_len),
                                      self.seq_len, seed, what="train")
+        self.lanes = None                        # a LaneReader once read_in_order is called
 
     def window(self, n: int) -> int:
         return n + 1 if self.fmt == "lm" else n
@@ -107,8 +115,41 @@ class CorpusData(DataModule):
         return {"src_ids": w[:, :h], "tgt_ids": torch.cat([bos, w[:, h:], eos], 1)}
 
     def train_batch(self, n: int) -> dict:
+        if self.lanes is not None:
+            if n != self.lanes.lanes:
+                raise InputError(f"reading {self.lanes.lanes} lanes in order, asked for {n}")
+            return self.to_batch(self.streams["train"].at(self.lanes.take()))
         starts = self.sampler.take(n)
         return self.to_batch(self.streams["train"].windows(starts, self.window(self.seq_len)))
+
+    def read_in_order(self, lanes: int) -> None:
+        if self.fmt != "lm":
+            raise ConfigError("objective", self.fmt, ["clm"],
+                              why="a segment memory reads the stream in order for next-token "
+                                  "prediction")
+        self.lanes = LaneReader(len(self.streams["train"]), lanes, self.seq_len)
+
+    def ordered_eval_batches(self, split, batch_size, max_batches=None, rank=0, world=1,
+                             seq_len=None):
+        """Transformer-XL's evaluation order (for a segment memory): the split cut into
+        ``batch_size × world`` contiguous lanes (the remainder dropped; rank r keeps lanes
+        [r·batch_size, (r+1)·batch_size)), each read from its start in consecutive segments
+        of ``seq_len`` tokens (``lm`` batches; the last segment of a lane may be shorter). The
+        first ``max_batches`` segments of every lane, or all of them: a memory needs the text
+        before a segment, so a subset is a prefix, not evenly spaced windows."""
+        if split not in self.streams:
+            raise ConfigError("split", split, list(self.streams))
+        n = int(seq_len or self.seq_len)
+        stream = self.streams[split]
+        lane_len = len(stream) // (batch_size * world)
+        if lane_len < 2:
+            raise InputError(f"the {split} split has {len(stream)} tokens, too few for "
+                             f"{batch_size * world} lanes")
+        starts = np.arange(rank * batch_size, (rank + 1) * batch_size, dtype=np.int64) * lane_len
+        for k, i in enumerate(range(0, lane_len - 1, n)):
+            if max_batches is not None and k >= max_batches:
+                break
+            yield self.to_batch(stream.windows(starts + i, min(n, lane_len - 1 - i) + 1))
 
     def eval_batches(self, split, batch_size, max_batches=None, rank=0, world=1, seq_len=None):
         if split not in self.streams:
@@ -129,11 +170,15 @@ class CorpusData(DataModule):
                 "bytes_per_token": s["bytes"] / s["tokens"], "tokens": s["tokens"]}
 
     def state_dict(self) -> dict:
+        if self.lanes is not None:
+            return {"sampler": self.sampler.state_dict(), "lanes": self.lanes.state_dict()}
         return {"sampler": self.sampler.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
         if "sampler" in state:
             self.sampler.load_state_dict(state["sampler"])
+        if "lanes" in state and self.lanes is not None:
+            self.lanes.load_state_dict(state["lanes"])
 
     # -- construction -------------------------------------------------------------------------
     @classmethod

@@ -5,6 +5,7 @@ training example is a window of ``seq_len (+1)`` consecutive tokens, packed acro
 boundaries. Each epoch shifts the window grid by a random offset and visits the windows in a
 random order, both drawn from (seed, epoch) alone, so the sampler's whole state is two integers
 that go into the checkpoint. Every DDP rank draws the same global batch and keeps its own rows.
+A model with a segment memory reads the stream in order instead (``LaneReader``).
 """
 from __future__ import annotations
 
@@ -50,6 +51,11 @@ class TokenStream:
         starts = np.asarray(starts, dtype=np.int64)
         idx = starts[:, None] + np.arange(length, dtype=np.int64)[None, :]
         return torch.from_numpy(np.asarray(self.tokens[idx], dtype=np.int64))
+
+    def at(self, idx) -> Tensor:
+        """LongTensor of tokens[idx] for an integer index array of any shape."""
+        return torch.from_numpy(np.asarray(self.tokens[np.asarray(idx, dtype=np.int64)],
+                                           dtype=np.int64))
 
 
 def window_count(n_tokens: int, length: int, stride: int) -> int:
@@ -106,6 +112,48 @@ class WindowSampler:
             raise InputError(f"the checkpoint's sampler covers {state['n']} windows, this data "
                              f"has {self.n}: the corpus or data.seq_len changed")
         self.epoch, self.index = int(state["epoch"]), int(state["index"])
+
+
+class LaneReader:
+    """The training stream read in order, as Transformer-XL is trained (Dai et al., 2019, §3.2
+    and its reference code's ordered iterator): the stream is cut into ``lanes`` contiguous
+    lanes of ``lane_len = n_tokens // lanes`` tokens (the remainder is dropped), and each step
+    takes the next ``seg_len`` tokens of every lane: lane b at step t reads tokens
+    [b·lane_len + t·seg_len, b·lane_len + (t+1)·seg_len + 1) (inputs and their next-token
+    targets, so consecutive segments share one token). Segment t+1 of a lane is the text right
+    after segment t, which is what lets the memory of segment t serve segment t+1.
+
+    At the end of a lane the reading wraps around to the lane's start (positions modulo
+    lane_len): every step has the same shape, every token of the lane is read once per
+    lane_len / seg_len steps, and the memory carries over the seam as it carries over a document
+    boundary in the packed stream. State = the offset within the lanes, one integer."""
+
+    def __init__(self, n_tokens: int, lanes: int, seg_len: int, what: str = "train"):
+        self.lanes, self.seg_len = int(lanes), int(seg_len)
+        self.lane_len = int(n_tokens) // self.lanes
+        if self.lane_len < self.seg_len + 1:
+            raise InputError(f"the {what} split has {n_tokens} tokens: cut into {lanes} lanes "
+                             f"(train.batch_size) that is {self.lane_len} per lane, fewer than "
+                             f"one segment of {self.seg_len + 1}; lower train.batch_size or "
+                             f"data.seq_len, or use a larger corpus")
+        self.starts = np.arange(self.lanes, dtype=np.int64) * self.lane_len
+        self.offset = 0
+
+    def take(self) -> np.ndarray:
+        """(lanes, seg_len + 1) token indices of the next segment of every lane."""
+        cols = (self.offset + np.arange(self.seg_len + 1, dtype=np.int64)) % self.lane_len
+        self.offset = (self.offset + self.seg_len) % self.lane_len
+        return self.starts[:, None] + cols[None, :]
+
+    def state_dict(self) -> dict:
+        return {"offset": self.offset, "lanes": self.lanes, "lane_len": self.lane_len}
+
+    def load_state_dict(self, state: dict) -> None:
+        if (int(state["lanes"]), int(state["lane_len"])) != (self.lanes, self.lane_len):
+            raise InputError(f"the checkpoint reads {state['lanes']} lanes of "
+                             f"{state['lane_len']} tokens, this run {self.lanes} of "
+                             f"{self.lane_len}: the corpus or train.batch_size changed")
+        self.offset = int(state["offset"])
 
 
 def eval_starts(n_tokens: int, length: int, stride: int, max_windows: int | None = None

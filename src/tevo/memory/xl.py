@@ -29,9 +29,15 @@ Padding: a row may be left-padded (padding only before its first real token, as 
 decoding); the memory carries its padding mask until those rows leave the window. Padding after
 a real token is refused.
 
-Training through the trainer is not wired: ``tevo train`` trains on independent sequences with
-``forward``; ``forward_segment`` (eval, or a training loop that feeds segments in order per batch
-row) carries the memory.
+Training (paper §3.2 and its experimental setup): the memory only helps if segment τ+1 is the
+text right after segment τ, so ``tevo train`` reads the training stream in order when
+``model.memory`` is set (the class says so: ``ordered_segments = True``): the stream is cut into
+``train.batch_size`` contiguous lanes, each step runs ``forward_segment`` on the next
+``data.seq_len`` tokens of every lane, and the stop-gradient memory is carried to the next step
+(and saved in checkpoints, so a resumed run continues bit for bit). Validation and ``tevo eval``
+read their split the same way, the memory carried from each lane's start, as the paper
+evaluates. Gradients stop at the memory, so a step costs one segment's backward while the
+forward sees N·M tokens back. See ``tevo.train.segments``.
 """
 from __future__ import annotations
 
@@ -56,6 +62,10 @@ from ..registry import FFNS, MEMORIES, MIXERS, MODELS, split_spec
 class XLMemory(nn.Module):
     """Segment recurrence: each layer also sees the stop-gradient hidden states of the last
     mem_len tokens (Transformer-XL)."""
+
+    # the memory of segment τ serves segment τ+1: the trainer reads the corpus in order
+    # (contiguous lanes) and carries the memory across steps instead of sampling windows
+    ordered_segments = True
 
     def __init__(self, mem_len: int | None = None, d_model: int | None = None,
                  n_layers: int | None = None):

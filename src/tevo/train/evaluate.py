@@ -1,6 +1,11 @@
 """Evaluation: an objective's metrics over a split (token-weighted, summed over DDP ranks),
 with perplexity and bits per character / byte where they apply; and per-length evaluation for
-length extrapolation (train at L, evaluate at 1×…16× L)."""
+length extrapolation (train at L, evaluate at 1×…16× L).
+
+A model with an ordered segment memory (Transformer-XL's ``xl_memory``) is evaluated as in its
+paper (Dai et al., 2019): the split is read in order, in contiguous lanes, segment after segment
+with the memory carried (``CorpusData.ordered_eval_batches``); independent windows would start
+every segment from an empty memory and measure a different model."""
 from __future__ import annotations
 
 from contextlib import nullcontext
@@ -11,6 +16,7 @@ from ..data.pipeline import batch_to
 from ..errors import InputError
 from ..objectives.base import MetricSums
 from .distributed import any_rank
+from .segments import SegmentModel, ordered_segments
 
 EVAL_SEED = 1234          # randomness inside evaluation (MLM masks) is fixed and never
                           # touches the training generators
@@ -50,7 +56,9 @@ def evaluate(model, objective, data, split: str = "val", batch_size: int = 32,
     """Metric means over ``split`` (all of it when ``max_batches`` is None) plus derived ones
     (perplexity, bits_per_token, bits_per_char, bits_per_byte). ``lockstep``: every rank runs
     as many forwards (an FSDP forward is collective), a rank out of batches repeating one
-    uncounted."""
+    uncounted. A model with an ordered segment memory reads the split in order instead:
+    ``batch_size`` lanes per rank, segments of ``seq_len``, ``max_batches`` segments per lane
+    (all when None), the memory carried from each lane's start."""
     device = device or next(model.parameters()).device
     was_training = model.training
     model.eval()
@@ -59,11 +67,18 @@ def evaluate(model, objective, data, split: str = "val", batch_size: int = 32,
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(EVAL_SEED)
             with autocast(device, precision):
-                batches = data.eval_batches(split, batch_size, max_batches, rank, world, seq_len)
+                fwd = model
+                if ordered_segments(model) and hasattr(data, "ordered_eval_batches"):
+                    fwd = SegmentModel(model)            # a fresh, empty memory per evaluation
+                    batches = data.ordered_eval_batches(split, batch_size, max_batches, rank,
+                                                        world, seq_len)
+                else:
+                    batches = data.eval_batches(split, batch_size, max_batches, rank, world,
+                                                seq_len)
                 pairs = ((b, True) for b in batches) if not lockstep else _in_lockstep(
                     batches, device, lambda: data.eval_batches(split, 1, 1, 0, 1, seq_len))
                 for b, counted in pairs:
-                    _, m = objective(model, batch_to(b, device))
+                    _, m = objective(fwd, batch_to(b, device))
                     if counted:
                         sums.add(m)
     finally:

@@ -13,6 +13,11 @@ Exact resume: a checkpoint holds the weights, the optimiser state, the step, the
 position and every RNG state (per rank), so ``tevo train --resume RUN`` continues bit-for-bit.
 A time budget (``train.max_minutes``) makes the schedule depend on the clock, so only step-based
 runs resume exactly.
+
+A model whose segment memory needs ordered segments (Transformer-XL's ``xl_memory``) is trained
+as in its paper: the training stream is read in order in ``batch_size`` lanes, the model runs
+``forward_segment`` and each lane's stop-gradient memory is carried to the next step (and into
+the checkpoint); see ``tevo.train.segments``.
 """
 from __future__ import annotations
 
@@ -41,6 +46,8 @@ from .checkpoint import WEIGHTS, latest_checkpoint, load_checkpoint, rng_state, 
 from .evaluate import autocast, evaluate, resolve_precision
 from .log import MetricsLog, ProgressDisplay, plot_losses
 from .optim import Schedule, build_optimizer, clip_gradients, has_sparse_gradients
+from .segments import SegmentModel, check_segment_training, concat_memory, memory_to, \
+    ordered_segments, slice_memory
 
 CONFIG = "config.yaml"
 SUMMARY = "summary.json"
@@ -155,6 +162,12 @@ class Trainer:
             raise ConfigError("train.distributed", "fsdp", ["ddp"],
                               why="FSDP shards dense parameters only; this model has sparse "
                                   "embedding gradients (e.g. pkm sparse: true)")
+        # Transformer-XL training: lanes read in order, one memory per micro-batch of lanes
+        self.segments = ordered_segments(self.model)
+        if self.segments:
+            check_segment_training(self.model, self.fsdp)
+            self.data.read_in_order(int(tc.batch_size))
+            self.memories = [None] * int(tc.grad_accum)
         if self.fsdp:                                # parameters become shards: before AdamW
             from . import fsdp
             fsdp.shard(self.model, self.device, d.world,
@@ -170,8 +183,10 @@ class Trainer:
             save_config(cfg, self.run_dir / CONFIG)
 
         self.fwd = self.model
+        if self.segments:
+            self.fwd = self.segment_model = SegmentModel(self.model)
         if tc.compile:
-            self.fwd = torch.compile(self.model)
+            self.fwd = torch.compile(self.fwd)
         if d.enabled and not self.fsdp:
             from torch.nn.parallel import DistributedDataParallel as DDP
             self.fwd = DDP(self.fwd, device_ids=[self.device.index] if self.device.type == "cuda"
@@ -197,6 +212,11 @@ class Trainer:
         else:
             self.optimizer.load_state_dict(st["optimizer"])
         self.data.load_state_dict(st["data"])
+        if self.segments and st.get("memory") is not None:      # this rank's lanes
+            base, m = self.dist.rank * self.micro * self.cfg.train.grad_accum, self.micro
+            self.memories = [memory_to(slice_memory(st["memory"], base + k * m,
+                                                    base + (k + 1) * m), self.device)
+                             for k in range(self.cfg.train.grad_accum)]
         self.step, self.tokens = int(st["step"]), int(st["tokens"])
         self.train_time, self.elapsed0 = float(st["train_time"]), float(st["elapsed"])
         self.wall0 = float(st.get("wall", 0.0))
@@ -210,11 +230,15 @@ class Trainer:
             opt = fsdp.full_optimizer_state(self.model, self.optimizer)
         else:
             opt = self.optimizer.state_dict()
-        return {"step": self.step, "optimizer": opt,
-                "schedule": self.schedule.state_dict(), "data": self.data.state_dict(),
-                "rng": distributed.gather_objects(rng_state()), "tokens": self.tokens,
-                "train_time": self.train_time, "elapsed": self.elapsed(),
-                "wall": self.wall0 + time.time() - self.t_start, "world": self.dist.world}
+        state = {"step": self.step, "optimizer": opt,
+                 "schedule": self.schedule.state_dict(), "data": self.data.state_dict(),
+                 "rng": distributed.gather_objects(rng_state()), "tokens": self.tokens,
+                 "train_time": self.train_time, "elapsed": self.elapsed(),
+                 "wall": self.wall0 + time.time() - self.t_start, "world": self.dist.world}
+        if self.segments:              # every lane's memory, in lane order (ranks, micro-batches)
+            local = memory_to(concat_memory(self.memories), "cpu")
+            state["memory"] = concat_memory(distributed.gather_objects(local))
+        return state
 
     def save(self) -> Path | None:
         state = self._state()                    # collective: every rank takes part
@@ -249,10 +273,14 @@ class Trainer:
             if self.fsdp:                        # reduce-scatter after the last micro-batch
                 self.model.set_requires_gradient_sync(last)
             sync = nullcontext() if not d.enabled or self.fsdp or last else self.fwd.no_sync()
+            if self.segments:                    # these lanes' memory from the previous step
+                self.segment_model.memory = self.memories[k]
             with sync:
                 with autocast(self.device, tc.precision):
                     loss, metrics = self.objective(self.fwd, mb)
                 (loss / tc.grad_accum).backward()
+            if self.segments:
+                self.memories[k] = self.segment_model.memory
             sums.add(metrics)
         max_norm = float(tc.grad_clip) if tc.grad_clip else float("inf")
         gnorm = clip_gradients(self.model.parameters(), max_norm)
