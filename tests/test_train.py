@@ -65,6 +65,16 @@ def threads(n):
         torch.set_num_threads(old)
 
 
+def assert_same_run(full: Path, part: Path, steps: int = 16) -> None:
+    """The resumed run logged the same losses as the uninterrupted one, at every step."""
+    a, b = losses(full), losses(part)
+    assert sorted(a) == list(range(1, steps + 1)) and a == b      # identical at every step
+    assert losses(full, "val") == losses(part, "val")
+    sa = json.loads((full / "summary.json").read_text())
+    sb = json.loads((part / "summary.json").read_text())
+    assert sa["final_val_loss"] == sb["final_val_loss"] and sb["steps"] == steps
+
+
 def test_exact_resume_matches_an_uninterrupted_run(corpus, tmp_path):
     ov = ["model.dropout=0.1"]                    # dropout: the RNG state must resume too
     train(load_config("default", tiny(corpus, tmp_path / "full", *ov)))
@@ -72,12 +82,7 @@ def test_exact_resume_matches_an_uninterrupted_run(corpus, tmp_path):
     assert stop["stopped"] == "stop_at" and stop["step"] == 8
     assert [p.name for p in list_checkpoints(tmp_path / "part")] == ["step_00000008"]
     assert cli.main(["train", "--resume", str(tmp_path / "part")]) == 0
-    a, b = losses(tmp_path / "full"), losses(tmp_path / "part")
-    assert sorted(a) == list(range(1, 17)) and a == b            # identical at every step
-    assert losses(tmp_path / "full", "val") == losses(tmp_path / "part", "val")
-    sa = json.loads((tmp_path / "full" / "summary.json").read_text())
-    sb = json.loads((tmp_path / "part" / "summary.json").read_text())
-    assert sa["final_val_loss"] == sb["final_val_loss"] and sb["steps"] == 16
+    assert_same_run(tmp_path / "full", tmp_path / "part")
 
 
 def test_sigint_saves_a_checkpoint_and_the_resumed_run_matches(corpus, tmp_path):
@@ -387,7 +392,7 @@ def test_pkm_values_train_with_their_own_sparse_adam_and_resume_exactly(corpus, 
     train(load_config("default", tiny(corpus, tmp_path / "full", pkm)))
     train(load_config("default", tiny(corpus, tmp_path / "part", pkm)), stop_at=8)
     assert cli.main(["train", "--resume", str(tmp_path / "part")]) == 0
-    assert losses(tmp_path / "full") == losses(tmp_path / "part")
+    assert_same_run(tmp_path / "full", tmp_path / "part")
 
 
 # -- Transformer-XL training: ordered lanes, memory carried across steps --------------------------
@@ -479,12 +484,7 @@ def test_xl_memory_training_resumes_exactly_and_accumulates_disjoint_lanes(corpu
     assert [x.shape for x in st["memory"]["layers"]] == [(8, 48, 32)] * 2
     assert st["memory"]["seen"].tolist() == [8 * 32] * 8
     assert cli.main(["train", "--resume", str(tmp_path / "part")]) == 0
-    a, b = losses(tmp_path / "full"), losses(tmp_path / "part")
-    assert sorted(a) == list(range(1, 17)) and a == b                 # identical at every step
-    assert losses(tmp_path / "full", "val") == losses(tmp_path / "part", "val")
-    sa = json.loads((tmp_path / "full" / "summary.json").read_text())
-    sb = json.loads((tmp_path / "part" / "summary.json").read_text())
-    assert sa["final_val_loss"] == sb["final_val_loss"]
+    assert_same_run(tmp_path / "full", tmp_path / "part")
     ov = [*XL, "train.steps=4", "train.eval_every=0"]
     train(load_config("default", tiny(corpus, tmp_path / "one", *ov)))
     train(load_config("default", tiny(corpus, tmp_path / "acc", *ov, "train.grad_accum=2")))
