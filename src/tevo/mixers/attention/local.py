@@ -18,6 +18,7 @@ from __future__ import annotations
 from torch import Tensor
 
 from ...errors import ConfigError
+from ...nn.attention import sdpa_attention
 from ...nn.blocksparse import band_tables, index_offset, merge_partials, tile_attention
 from ...nn.context import MixerContext
 from ...registry import MIXERS
@@ -74,6 +75,16 @@ class LocalAttention(PatternAttention):
     def attend_pattern(self, q, k, v, q_pos, k_pos, k_valid, key_offset, ctx: MixerContext):
         n, m, w = q.shape[2], k.shape[2], self.window
         causal = ctx.causal
+        if self.pattern == "sliding" and m <= w:
+            # every real pair is within the window (positions are contiguous): the pattern is
+            # plain attention over the real keys, and the fused kernel beats tiles at this size
+            mask = k_valid[:, None, None, :]                                   # (B, 1, 1, m)
+            if causal:
+                mask = mask & (k_pos[:, None, None, :] <= q_pos[:, None, :, None])
+            pos = ctx.pos
+            bias = (pos.bias(q, k, q_pos, k_pos) if pos is not None and "bias" in pos.hooks
+                    else None)
+            return sdpa_attention(q, k, v, mask, bias, self.scale, self.attn_dropout)
         if self.pattern == "sliding":
             # blocks of w queries see the w−1 keys before them (and after, bidirectionally)
             q_idx, k_idx = band_tables(n, m, key_offset, min(w, n), w - 1,
