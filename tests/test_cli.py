@@ -125,3 +125,26 @@ def test_default_training_run_finishes_in_five_minutes_and_beats_the_reference(t
     s = json.loads((tmp_path / "d" / "summary.json").read_text())
     assert wall < 300, wall
     assert s["val_bits_per_char"] < 2.6, s
+
+
+def test_eval_on_other_text_uses_the_runs_tokenizer_and_keeps_its_cache(corpus, tmp_path,
+                                                                          capsys):
+    run = tmp_path / "chars"
+    assert cli.main(["train", *tiny(corpus, run, "data.tokenizer=chars", "train.steps=2",
+                                    "train.sample_tokens=0")]) == 0
+    capsys.readouterr()
+    frozen = {f: (run / f).read_bytes() for f in ("tokenizer.json", "data/meta.json",
+                                                  "data/val.npy")}
+
+    def ev(*extra) -> dict:
+        assert cli.main(["eval", str(run), "--json", "--max-batches", "2", *extra]) == 0
+        return json.loads(capsys.readouterr().out)
+
+    base = ev()
+    assert ev("--data", f"path={corpus}")["loss"] == base["loss"]         # same text, same ids
+    other = tmp_path / "other.txt"
+    other.write_text(corpus.read_text()[::-1])                            # same characters
+    assert ev("--data", f"data.path={other}")["loss"] != base["loss"]
+    assert {f: (run / f).read_bytes() for f in frozen} == frozen          # the run is untouched
+    assert cli.main(["eval", str(run), "--data", "tokenizer=bytes"]) == 2
+    assert "tokenizer" in _error_line(capsys)

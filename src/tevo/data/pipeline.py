@@ -227,11 +227,13 @@ def _write_json(path: Path, data: dict) -> None:
     os.replace(tmp, path)
 
 
-def tokenize_corpus(data, specials=(), key: dict | None = None, run_dir=None):
+def tokenize_corpus(data, specials=(), key: dict | None = None, run_dir=None, tokenizer=None):
     """(streams, tokenizer, meta): the tokenizer is fitted on the training split only
-    (``run_dir``: where a tokenizer's relative paths start, as for ``hf``)."""
+    (``run_dir``: where a tokenizer's relative paths start, as for ``hf``), unless a fitted
+    ``tokenizer`` is given (evaluating a trained run on other text)."""
     texts = load_corpus(data)
-    tok = build_tokenizer(data.tokenizer, texts["train"], specials, data.vocab_size, run_dir)
+    tok = tokenizer if tokenizer is not None else build_tokenizer(
+        data.tokenizer, texts["train"], specials, data.vocab_size, run_dir)
     streams, meta = {}, {"key": key or cache_key(data, specials), "splits": {},
                          "vocab_size": tok.vocab_size, "specials": tok.special_ids}
     for s in SPLITS:
@@ -282,6 +284,17 @@ class TaskData(DataModule):
 
     def load_state_dict(self, state: dict) -> None:
         self.k = int(state.get("batch", 0))
+
+
+def build_eval_data(cfg, objective, run_dir, tokenizer_spec) -> "CorpusData":
+    """The corpus of ``cfg.data`` tokenized with the run's own tokenizer (``tokenizer_spec``, as
+    trained and saved in ``run_dir``), in memory: the run's cached splits and tokenizer are
+    left untouched."""
+    if cfg.data.task is not None:
+        return build_data(cfg, objective)
+    tok = load_tokenizer(tokenizer_spec, run_dir, objective.specials)
+    streams, tok, meta = tokenize_corpus(cfg.data, objective.specials, None, run_dir, tok)
+    return CorpusData(streams, tok, meta, objective.data_format, cfg.data.seq_len, cfg.train.seed)
 
 
 def build_data(cfg, objective, run_dir=None, is_main: bool = True, barrier=None) -> DataModule:

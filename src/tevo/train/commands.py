@@ -92,7 +92,7 @@ def _run_threads(run):
 
 def _eval(args) -> int:
     from .run import load_run
-    run = load_run(args.run_dir, args.device)
+    run = load_run(args.run_dir, args.device, data_overrides=args.data)
     with _run_threads(run):
         out = _evaluate_run(run, args)
     if args.json:
@@ -207,6 +207,10 @@ def add_commands(sub) -> None:
                    help="evaluate this many evenly spaced batches (default: the whole split)")
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--device", default="cpu")
+    p.add_argument("--data", action="append", default=[], metavar="KEY=VALUE",
+                   help="evaluate on other data with the run's tokenizer, e.g. --data "
+                        "path=notes.txt --data seq_len=512 (repeatable; the run's cache is "
+                        "left as it is)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(fn=_eval)
 
