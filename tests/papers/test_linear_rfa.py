@@ -30,8 +30,10 @@ def test_random_features_are_unbiased_in_expectation():
 
 
 def test_gated_rfa_equals_its_recurrence():
-    """Eq. 7 written out: S_t = g S + (1−g) φ(k)vᵀ, z_t likewise, y = φ(q)ᵀS/φ(q)ᵀz."""
+    """Eq. 7 written out: S_t = g S + (1−g) φ(k)vᵀ, z_t likewise, y = φ(q)ᵀS / max(φ(q)ᵀz, c)
+    with the authors' floor c = 10/m on the sign-indefinite estimate of the normaliser."""
     m = make_mixer("rfa", True, nb_features=16, chunk=4)
+    assert m.min_denominator == 10 / 16
     x = torch.randn(2, 9, 16)
     y, _ = m(x, ctx(x, True))
     B, n, _ = x.shape
@@ -43,15 +45,18 @@ def test_gated_rfa_equals_its_recurrence():
     fq, fk = m.fmap(q), m.fmap(k)
     S = torch.zeros(B, h, fq.shape[-1], e)
     z = torch.zeros(B, h, fq.shape[-1])
-    outs = []
+    outs, dens = [], []
     for t in range(n):
         gt = g[..., t, None]
         S = gt[..., None] * S + (1 - gt)[..., None] * fk[..., t, :, None] * v[..., t, None, :]
         z = gt * z + (1 - gt) * fk[..., t, :]
-        outs.append((fq[..., t, None, :] @ S).squeeze(-2) / (fq[..., t, :] * z).sum(-1,
-                                                                                 keepdim=True))
+        den = (fq[..., t, :] * z).sum(-1, keepdim=True)
+        dens.append(den)
+        outs.append((fq[..., t, None, :] @ S).squeeze(-2) / den.clamp_min(10 / 16))
     ref = m.o_proj(torch.stack(outs, 2).transpose(1, 2).reshape(B, n, h * e))
     assert_rel_close(y, ref, 1e-5)
+    dens = torch.cat(dens)
+    assert (dens < 10 / 16).any() and (dens > 10 / 16).any()       # both branches exercised
 
 
 def test_rfa_forms_agree_with_padding():

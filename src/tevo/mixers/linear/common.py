@@ -109,6 +109,10 @@ class KernelAttention(Mixer):
             d_model, self.heads * self.head_dim, bias)
         self.fmap = build_feature_map(feature_map, self.head_dim, self.heads, max_len)
 
+    def denominator(self, den: Tensor) -> Tensor:
+        """The normaliser φ(q)ᵀz, guarded against zero (sign kept)."""
+        return safe_denominator(den, self.eps)
+
     def init_state(self, batch: int, device=None, dtype=None) -> dict:
         return {}                               # filled on first use: S, z in fp32
 
@@ -170,7 +174,7 @@ class KernelAttention(Mixer):
                                 chunk=self.chunk, log_decay=log_decay, state=S0)
         new_state = None
         if self.normalize == "sum":
-            y = o[..., :dv] / safe_denominator(o[..., dv:], self.eps)
+            y = o[..., :dv] / self.denominator(o[..., dv:])
             if state is not None:
                 new_state = {"S": S[..., :dv], "z": S[..., dv]}
         elif self.normalize == "count":
