@@ -19,6 +19,7 @@ milliseconds instead of the seconds a fresh interpreter needs.
 from __future__ import annotations
 
 import ctypes
+import functools
 import json
 import os
 import resource
@@ -37,6 +38,7 @@ from tevo.registry import MIXERS
 MIXERS.names()          # discover every registered module once, in the fork server
 
 
+@functools.lru_cache(maxsize=1)
 def _libc():
     try:
         return ctypes.CDLL("libc.so.6")

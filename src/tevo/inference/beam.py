@@ -33,7 +33,7 @@ from torch import Tensor
 
 from ..errors import InputError
 from ..registry import INFERENCE
-from .generate import check_prompt
+from .generate import check_prompt, context_window
 
 NEG = -1.0e9      # "impossible": finite (as in transformers), so sums and divisions stay ordered
 
@@ -103,9 +103,7 @@ def beam_search(model, input_ids: Tensor, num_beams: int = 4, max_new_tokens: in
     pad = 0 if eos_id is None else int(eos_id)
 
     def window(ids, mask):
-        if limit is None or ids.shape[1] <= limit:
-            return ids, mask
-        return ids[:, -limit:], None if mask is None else mask[:, -limit:]
+        return context_window(ids, mask, limit)
 
     was_training = model.training
     model.eval()

@@ -109,6 +109,13 @@ def check_prompt(model, input_ids: Tensor, context="auto",
     return limit, cache
 
 
+def context_window(ids: Tensor, mask: Tensor | None, limit: int | None):
+    """The last ``limit`` tokens (and their mask) the model sees; all of them when None."""
+    if limit is None or ids.shape[1] <= limit:
+        return ids, mask
+    return ids[:, -limit:], None if mask is None else mask[:, -limit:]
+
+
 @INFERENCE.register(
     "generate", paper="GPT-2 (Radford et al., 2019) decoding; top-k: Fan et al., 2018; "
                       "nucleus: Holtzman et al., 2020",
@@ -139,9 +146,7 @@ def generate(model, input_ids: Tensor, max_new_tokens: int = 100, temperature: f
     done = torch.zeros(B, dtype=torch.bool, device=dev)
 
     def window():
-        if limit is None or ids.shape[1] <= limit:
-            return ids, mask
-        return ids[:, -limit:], None if mask is None else mask[:, -limit:]
+        return context_window(ids, mask, limit)
     try:
         if cache and max_new_tokens:
             w_ids, w_mask = window()

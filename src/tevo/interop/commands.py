@@ -17,6 +17,7 @@ import argparse
 import json
 from pathlib import Path
 
+from ..data.tokenizer import HF_FILES as TOKENIZER_FILES   # what a HF tokenizer dir holds
 from ..errors import TevoError
 
 WEIGHTS = "model.safetensors"          # as in tevo.train.checkpoint
@@ -24,9 +25,6 @@ HEAD_WEIGHTS = "head.safetensors"      # an extra head kept beside the tevo body
 CONFIG = "config.yaml"
 STEP_DIR = "checkpoints/step_00000000"
 TOKENIZER_DIR = "hf_tokenizer"         # the HF tokenizer files, carried along unchanged
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
-                   "added_tokens.json", "vocab.json", "merges.txt", "vocab.txt", "spiece.model",
-                   "sentencepiece.bpe.model", "tokenizer.model")
 
 OBJECTIVES = {"gpt": "clm", "bert": "mlm", "transformer": "seq2seq"}
 
