@@ -408,6 +408,29 @@ def flop_counter():
     return fc.FlopCounterMode(display=False, custom_mapping=mapping)
 
 
+def build_or_tiny(cfg: dict, fields: tuple[tuple[str, str], ...]):
+    """``tevo.build_model(cfg)``; when the config refuses a component's default options, retry
+    with the registry entry's ``tiny`` options of each named ``(field, kind)`` in turn. Returns
+    (model, config used); raises the first error when no alternative builds."""
+    import tevo
+    from ..errors import ConfigError
+    from ..registry import registry
+    try:
+        return tevo.build_model(cfg), cfg
+    except (ConfigError, TypeError, ValueError) as first:
+        for fld, kind in fields:
+            spec = cfg.get(fld)
+            name = spec.get("name") if isinstance(spec, dict) else spec
+            if not isinstance(name, str) or name not in registry(kind):
+                continue
+            alt = {**cfg, fld: {"name": name, **registry(kind).get(name).tiny}}
+            try:
+                return tevo.build_model(alt), alt
+            except Exception:
+                pass
+        raise first
+
+
 def count_params(module) -> int:
     seen, total = set(), 0
     for p in module.parameters():

@@ -12,7 +12,7 @@ import math
 import time
 
 from ..registry import BENCHMARKS, MIXERS, POSITIONS
-from ._common import (Command, Deadline, Option, Study, count_params, fmt, legend, new_report,
+from ._common import (Command, build_or_tiny, Deadline, Option, Study, count_params, fmt, legend, new_report,
                       pick_device, sanitize, stderr)
 
 
@@ -57,7 +57,6 @@ the held-out works (bits per character over every position of a window). Models 
 def run_extrapolate(opts: dict) -> list:
     import torch
 
-    import tevo
     from . import _train
     dev = pick_device(opts["device"])
     L, factors = opts["train_length"], sorted(opts["factors"])
@@ -85,14 +84,10 @@ def run_extrapolate(opts: dict) -> list:
                "position": {"name": name}, "dropout": 0.0}
         torch.manual_seed(opts["seed"])
         try:
-            model = tevo.build_model(cfg)
-        except Exception:
-            try:
-                cfg["position"] = {"name": name, **POSITIONS.get(name).tiny}
-                model = tevo.build_model(cfg)
-            except Exception as e:
-                rep.skip(name, f"refused by the config: {type(e).__name__}: {e}"[:300])
-                continue
+            model, cfg = build_or_tiny(cfg, (("position", "position"),))
+        except Exception as e:
+            rep.skip(name, f"refused by the config: {type(e).__name__}: {e}"[:300])
+            continue
         stderr(f"[extrapolate] {name}")
         steps = max(1, opts["budget_tokens"] // (opts["batch"] * L))
         try:

@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass, field
 
 from ..registry import BENCHMARKS, FFNS, MIXERS, NORMS, POSITIONS, RESIDUALS, registry
-from ._common import (Command, Deadline, Option, Study, count_params, fmt, mean_sd, new_report,
+from ._common import (Command, build_or_tiny, Deadline, Option, Study, count_params, fmt, mean_sd, new_report,
                       pick_device, sanitize, stderr)
 
 SUITES = ("ffn", "norm", "mixers", "positions")
@@ -135,22 +135,10 @@ def _merge(base: dict, over: dict) -> dict:
 def build_variant(base: dict, v: Variant, spec_field: str | None = None):
     """Build the variant's model; a refused option falls back to the registry's tiny options
     of the varied component (returns model, config used)."""
-    import tevo
-    from ..errors import ConfigError
     cfg = _merge(base, v.overrides)
-    try:
-        return tevo.build_model(cfg), cfg
-    except (ConfigError, TypeError, ValueError) as first:
-        for fld, kind in (("mixer", "mixer"), ("position", "position"), ("ffn", "ffn")):
-            spec = v.overrides.get(fld)
-            if isinstance(spec, dict) and "name" in spec:
-                e = registry(kind).get(spec["name"])
-                alt = _merge(base, {**v.overrides, fld: {"name": spec["name"], **e.tiny}})
-                try:
-                    return tevo.build_model(alt), alt
-                except Exception:
-                    pass
-        raise first
+    fields = tuple((f, f) for f in ("mixer", "position", "ffn")
+                   if isinstance(v.overrides.get(f), dict) and "name" in v.overrides[f])
+    return build_or_tiny(cfg, fields)
 
 
 def train_and_eval(model, opts: dict, seed: int, device, deadline: float | None) -> dict:

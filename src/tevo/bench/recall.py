@@ -7,7 +7,7 @@ registered ``mqar`` and ``induction`` of ``tevo.tasks``.
 from __future__ import annotations
 
 from ..registry import BENCHMARKS, MIXERS, TASKS
-from ._common import (Command, Deadline, Option, Study, count_params, fmt, new_report,
+from ._common import (Command, build_or_tiny, Deadline, Option, Study, count_params, fmt, new_report,
                       pick_device, sanitize, stderr)
 from .complexity import reference_first
 from .modifications import _with_heads
@@ -49,7 +49,6 @@ Accuracy is measured on {ev} held-out examples (a separate seed). Chance: 1/(val
 def run_recall(opts: dict) -> list:
     import torch
 
-    import tevo
     from . import _train
     dev = pick_device(opts["device"])
     rep = new_report("recall", "recall", "Associative recall and induction heads", opts,
@@ -103,14 +102,10 @@ def run_recall(opts: dict) -> list:
                                "position": "learned", "dropout": 0.0}
                         torch.manual_seed(opts["seed"])
                         try:
-                            model = tevo.build_model(cfg)
-                        except Exception:
-                            try:
-                                cfg["mixer"] = {"name": name, **MIXERS.get(name).tiny}
-                                model = tevo.build_model(cfg)
-                            except Exception as e:
-                                rep.skip(key, f"refused by the config: {e}"[:300])
-                                break
+                            model, cfg = build_or_tiny(cfg, (("mixer", "mixer"),))
+                        except Exception as e:
+                            rep.skip(key, f"refused by the config: {e}"[:300])
+                            break
                         stderr(f"[recall] {key} lr={lr:g}")
                         try:
                             tr = _train.train(model, _train.TaskBatches(task, opts["batch"],
