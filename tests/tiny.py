@@ -75,3 +75,19 @@ def hf_transfo_xl():
         except Exception:
             continue
     return None
+
+
+def cached_logits(model, ids, mask=None, prefill: int = 0):
+    """Logits from the incremental path: a prefill of the first ``prefill`` tokens (with their
+    padding mask), then one-token decode steps on the returned state. (B, n) -> (B, n, V)."""
+    st, outs = model.init_state(ids.shape[0]), []
+    if prefill:
+        o = model(ids[:, :prefill], attention_mask=None if mask is None else mask[:, :prefill],
+                  state=st)
+        outs.append(o.logits)
+        st = o.state
+    for t in range(prefill, ids.shape[1]):
+        o = model(ids[:, t:t + 1], state=st)
+        outs.append(o.logits)
+        st = o.state
+    return torch.cat(outs, 1)

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import tevo
+from tiny import cached_logits
 from tevo.registry import MIXERS, POSITIONS
 
 
@@ -33,11 +34,5 @@ def test_cache_padding_position_combination(mixer, position):
     mask = torch.ones(B, N, dtype=torch.bool)
     mask[0, :3] = False
     full = model(ids, attention_mask=mask).logits
-    st = model.init_state(B)
-    o = model(ids[:, :4], attention_mask=mask[:, :4], state=st)
-    outs, st = [o.logits], o.state
-    for t in range(4, N):
-        o = model(ids[:, t:t + 1], state=st)
-        outs.append(o.logits)
-        st = o.state
-    torch.testing.assert_close(torch.cat(outs, 1)[mask], full[mask], atol=2e-5, rtol=1e-4)
+    cached = cached_logits(model, ids, mask, prefill=4)
+    torch.testing.assert_close(cached[mask], full[mask], atol=2e-5, rtol=1e-4)

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from tevo.registry import ACTIVATIONS, FFNS, MIXERS, NORMS, POSITIONS, RESIDUALS
-from tiny import B, D, N, make_ffn, make_norm, make_position, make_residual
+from tiny import cached_logits, B, D, N, make_ffn, make_norm, make_position, make_residual
 
 TOL = dict(atol=2e-5, rtol=1e-4)
 
@@ -112,14 +112,8 @@ def test_position_in_a_model_cache_and_grad(name):
     full = model(ids, attention_mask=mask).logits
     assert torch.isfinite(full).all()
     if MIXERS.get(mixer).supports.cache:
-        st = model.init_state(B)
-        o = model(ids[:, :5], attention_mask=mask[:, :5], state=st)
-        outs, st = [o.logits], o.state
-        for t in range(5, N):
-            o = model(ids[:, t:t + 1], state=st)
-            outs.append(o.logits)
-            st = o.state
-        torch.testing.assert_close(torch.cat(outs, 1)[mask], full[mask], **TOL)
+        cached = cached_logits(model, ids, mask, prefill=5)
+        torch.testing.assert_close(cached[mask], full[mask], **TOL)
     model.train()
     loss = model(ids, attention_mask=mask).logits.float().logsumexp(-1).mean()
     loss.backward()

@@ -6,6 +6,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import tevo
+from tiny import cached_logits
 from tevo.config import preset_names, read_source
 from tevo.registry import MODELS
 
@@ -87,11 +88,5 @@ def test_causal_presets_cached_decode_equals_full(source):
     mask = torch.ones(2, 12, dtype=torch.bool)
     mask[0, :2] = False
     full = model(ids, attention_mask=mask).logits
-    st = model.init_state(2)
-    o = model(ids[:, :6], attention_mask=mask[:, :6], state=st)
-    outs, st = [o.logits], o.state
-    for t in range(6, 12):
-        o = model(ids[:, t:t + 1], state=st)
-        outs.append(o.logits)
-        st = o.state
-    torch.testing.assert_close(torch.cat(outs, 1)[mask], full[mask], atol=1e-5, rtol=1e-5)
+    cached = cached_logits(model, ids, mask, prefill=6)
+    torch.testing.assert_close(cached[mask], full[mask], atol=1e-5, rtol=1e-5)

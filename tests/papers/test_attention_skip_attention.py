@@ -5,6 +5,7 @@ import torch
 import torch.nn.functional as F
 
 import tevo
+from tiny import cached_logits
 from tevo.mixers.attention import softmax as softmax_module
 from tevo.mixers.attention.skip_attention import CARRY_KEY
 
@@ -49,11 +50,5 @@ def test_skip_attention_model_cached_decode_equals_full_pass():
     mask = torch.ones(2, 12, dtype=torch.bool)
     mask[0, :4] = False
     full = model(ids, attention_mask=mask).logits
-    st = model.init_state(2)
-    o = model(ids[:, :6], attention_mask=mask[:, :6], state=st)
-    outs, st = [o.logits], o.state
-    for t in range(6, 12):
-        o = model(ids[:, t:t + 1], state=st)
-        outs.append(o.logits)
-        st = o.state
-    torch.testing.assert_close(torch.cat(outs, 1)[mask], full[mask], atol=1e-5, rtol=1e-4)
+    cached = cached_logits(model, ids, mask, prefill=6)
+    torch.testing.assert_close(cached[mask], full[mask], atol=1e-5, rtol=1e-4)
