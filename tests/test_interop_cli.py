@@ -85,3 +85,14 @@ def test_export_of_an_unexportable_model_is_a_clear_error(tmp_path, capsys):
 def test_missing_directory_is_a_clear_error(tmp_path, capsys):
     rc, out = convert(capsys, "--from-hf", tmp_path / "nothing", "--out", tmp_path / "run")
     assert rc == 2 and "config.json" in out
+
+
+@pytest.mark.parametrize("model_type", ["no_such_model", "mamba"])
+def test_unregistered_model_type_is_one_line(tmp_path, capsys, model_type):
+    """A config.json whose model_type transformers does not know (or tevo has no family for) is
+    refused in one line naming it, before any weights are read — not a traceback."""
+    (tmp_path / "hf").mkdir()
+    (tmp_path / "hf" / "config.json").write_text(json.dumps({"model_type": model_type}))
+    rc, out = convert(capsys, "--from-hf", tmp_path / "hf", "--out", tmp_path / "run")
+    assert rc == 2 and "Traceback" not in out
+    assert out.strip().count("\n") == 0 and f"model_type {model_type!r}" in out

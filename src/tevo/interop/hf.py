@@ -76,6 +76,13 @@ def read_hf(source) -> tuple[Any, dict[str, Tensor]]:
         if not (path / "config.json").is_file():
             raise ConversionError(f"{path}: no config.json (expected a Hugging Face model "
                                   f"directory written by save_pretrained)")
+        try:
+            with open(path / "config.json") as f:
+                raw = json.load(f)
+        except (OSError, ValueError) as e:
+            raise ConversionError(f"{path / 'config.json'}: not a readable JSON file ({e})") \
+                from None
+        family_for(raw.get("model_type") if isinstance(raw, dict) else None)  # before weights
         transformers = _need_transformers()
         cfg = transformers.AutoConfig.from_pretrained(str(path), local_files_only=True)
         return cfg, read_safetensors_dir(path)
@@ -214,8 +221,10 @@ def supported_model_types() -> list[str]:
 
 
 def family_for(hf_config) -> HFFamily:
+    """The family converting ``hf_config`` (an HF config, or its ``model_type`` string)."""
     _load_families()
-    t = getattr(hf_config, "model_type", None)
+    t = hf_config if isinstance(hf_config, str) or hf_config is None else \
+        getattr(hf_config, "model_type", None)
     if t not in FAMILIES:
         raise ConversionError(f"no tevo converter for Hugging Face model_type {t!r} "
                               f"(supported: {', '.join(sorted(FAMILIES))})")
