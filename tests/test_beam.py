@@ -189,6 +189,7 @@ def test_cli_beams(tmp_path, capsys):
                      "train.steps=1", "train.warmup=1", "train.eval_every=1",
                      "train.eval_batches=1", "train.final_eval_batches=1",
                      "train.sample_tokens=0", "train.progress=false", "train.max_minutes=null",
+                     "train.precision=fp32",     # cached == uncached beams: exact arithmetic
                      f"train.out_dir={run}"]) == 0
     capsys.readouterr()
     base = ["generate", str(run), "--prompt", "KING", "--max-new-tokens", "6"]

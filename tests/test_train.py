@@ -21,6 +21,7 @@ import torch
 import tevo
 from tevo import cli
 from tevo.config import load_config
+from tevo.errors import ConfigError
 from tevo.data.corpora import ShakespeareCorpus
 from tevo.train.checkpoint import STATE, WEIGHTS, latest_checkpoint, list_checkpoints
 from tevo.train.log import read_metrics
@@ -211,6 +212,29 @@ def test_new_run_dirs_do_not_overwrite(tmp_path):
     assert new_run_dir(tmp_path / "x") == tmp_path / "x-2"
 
 
+def test_a_micro_batch_split_moves_weights_only_by_rounding(corpus, tmp_path):
+    """The same batch in 2 or 4 micro-batches: gradients equal up to summation-order rounding
+    δg. Adam normalises each update by √v + ε, so δg moves a weight by up to lr·δg/ε: at the
+    default ε = 1e-8 the 4-step weights differ by ~3e-5 (measured), at ε = 1e-6 by ~3e-7 —
+    the bound that the DDP/FSDP weight comparisons rely on, whatever the CPU's fp32 kernels."""
+    def weights(accum, eps):
+        ov = ["train.steps=4", "train.eval_every=0", "train.batch_size=4", "train.grad_clip=0.05",
+              f"train.grad_accum={accum}", f"train.adam_eps={eps}", "train.final_eval_batches=1"]
+        with threads(1):
+            tr = Trainer(load_config("default", tiny(corpus, tmp_path / f"{accum}-{eps}", *ov)))
+            tr.fit()
+        return {k: v.detach().clone() for k, v in tr.model.state_dict().items()}
+
+    def gap(eps):
+        a, b = weights(2, eps), weights(4, eps)
+        assert sorted(a) == sorted(b)
+        return max((a[k] - b[k]).abs().max().item() for k in a)
+
+    assert gap(1e-6) < 3e-6
+    with pytest.raises(ConfigError, match="train.adam_eps"):
+        load_config("default", tiny(corpus, tmp_path / "bad", "train.adam_eps=0"))
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -253,11 +277,16 @@ def test_fsdp_two_cpu_processes_match_one_process_and_save_its_checkpoints(corpu
     micro-batches, clipping active, a whole-split evaluation with 48 + 47 batches, a sample),
     checkpoints in the single-process format (same keys and optimiser state layout, loaded and
     resumed by one process), and an FSDP resume that continues exactly. Tolerance 1e-4 as for
-    DDP: the gradient reduce-scatter sums in another order (measured differences ~1e-8)."""
+    DDP: the gradient reduce-scatter sums in another order (measured differences ~1e-8).
+    fp32 with AdamW's ε at 1e-6: two processes split the batch, so the gradients differ by
+    summation-order rounding δg, and Adam moves a weight by up to lr·δg/ε per step more; at the
+    default ε = 1e-8 that reaches 3e-5 after 4 steps on some CPUs' kernels (see
+    test_a_micro_batch_split_moves_weights_only_by_rounding), at 1e-6 it stays ~3e-7, so the
+    1e-5 weight comparison checks the sharding and the checkpoint layout, not the BLAS."""
     from safetensors.torch import load_file
     ov = ["train.steps=4", "train.eval_every=2", "train.eval_batches=2", "train.batch_size=4",
           "train.grad_accum=2", "train.grad_clip=0.05", "train.ckpt_every=2",
-          "train.final_eval_batches=null", "train.sample_tokens=8"]
+          "train.final_eval_batches=null", "train.sample_tokens=8", "train.adam_eps=1e-6"]
     torchrun = torchrun_train
     fsdp, one = tmp_path / "fsdp", tmp_path / "single"
     torchrun(*tiny(corpus, fsdp, *ov, "train.distributed=fsdp"))

@@ -52,6 +52,13 @@ class ModelConfig:
     memory: Any = None                     # MEMORIES registry spec wrapping the stack
     head_bias: bool = False
     embedding: Any = None                  # EMBEDDINGS spec replacing the token table (DeFINE)
+    # image models (arch vit / metaformer); the data sets image_size, channels and vocab_size
+    # (= the number of classes) when the trainer builds the model
+    image_size: Any = None                 # [height, width] or an int
+    patch_size: int = 4                    # square patches, must divide the image size
+    channels: int = 3
+    pool: str | None = None                # cls ([class] token) | mean; None: the arch's own
+    stages: Any = None                     # hierarchical: [{n_layers, d_model, mixer?, ffn?}, ...]
     extra: dict = field(default_factory=dict)  # architecture-specific options
 
 
@@ -77,6 +84,7 @@ class TrainConfig:
     schedule: str = "cosine"               # cosine | linear | constant
     weight_decay: float = 0.1
     betas: tuple = (0.9, 0.95)
+    adam_eps: float = 1e-8                 # AdamW's ε: the floor under √v in the normalised update
     grad_clip: float = 1.0
     precision: str = "fp32"                # fp32 | bf16 | auto (bf16 where the hardware has it)
     compile: bool = False
@@ -271,6 +279,13 @@ def validate(cfg: RunConfig) -> None:
             raise ConfigError(f"train.{k}", getattr(t, k), why="must be >= 1")
     if cfg.data.seq_len < 1:
         raise ConfigError("data.seq_len", cfg.data.seq_len, why="must be >= 1")
+    try:                                   # YAML reads 1e-8 (no dot) as a string
+        eps = None if isinstance(t.adam_eps, bool) else float(t.adam_eps)
+    except (TypeError, ValueError):
+        eps = None
+    if eps is None or not 0 < eps < 1:
+        raise ConfigError("train.adam_eps", t.adam_eps, why="expected a number in (0, 1)")
+    t.adam_eps = eps
 
 
 def parse_layer_keys(key, n_layers: int) -> list[int]:
@@ -350,6 +365,8 @@ def validate_model(cfg: ModelConfig) -> None:
             _check_layout(spec["layout"], where)
             if sup is None:
                 continue
+            _check_grid_fit(sup, mname, getattr(arch.obj, "input_kind", "tokens") == "image",
+                            f"{where}.mixer")
             if stack_causal and not sup.causal:
                 raise ConfigError(f"{where}.mixer", mname,
                                   [n for n in MIXERS.names() if MIXERS.get(n).supports.causal],
@@ -386,11 +403,28 @@ def validate_model(cfg: ModelConfig) -> None:
         check_kwargs(mem, kw, f"model.memory({name})")
         if hasattr(mem, "check_config"):          # combinations the memory cannot wrap
             mem.check_config(cfg, **kw)
+    if hasattr(arch.obj, "check_config"):          # architecture-specific fields (image models)
+        arch.obj.check_config(cfg)
     mixer_name, mixer_kw = split_spec(cfg.mixer, "model.mixer")
     heads = mixer_kw.get("heads")
     if heads and "head_dim" not in mixer_kw and cfg.d_model % int(heads):
         raise ConfigError("model.mixer.heads", heads,
                           why=f"d_model={cfg.d_model} is not divisible by heads={heads}")
+
+
+def _check_grid_fit(sup, name: str, image: bool, where: str) -> None:
+    """An image model needs mixers that read the 2-D grid or are order-free; a text model
+    needs mixers that work on a 1-D sequence."""
+    from .registry import MIXERS
+    if image and not sup.image:
+        raise ConfigError(where, name, [n for n in MIXERS.names() if MIXERS.get(n).supports.image],
+                          why=f"mixer {name!r} reads a 1-D sequence; an image model needs one "
+                              f"that reads the 2-D grid or is order-free")
+    if not image and not sup.text:
+        raise ConfigError(where, name, [n for n in MIXERS.names() if MIXERS.get(n).supports.text
+                                        and MIXERS.get(n).supports.grid],
+                          why=f"mixer {name!r} needs a 2-D token grid (an image model, "
+                              f"model.arch=vit); grid mixers that also take text")
 
 
 SUBLAYERS = {"a": "self mixer", "c": "cross-attention", "f": "feed-forward",

@@ -114,6 +114,7 @@ def build_optimizer(model: nn.Module, tcfg, device_type: str = "cpu") -> torch.o
     betas = tuple(float(b) for b in tcfg.betas)
     if len(betas) != 2:
         raise ConfigError("train.betas", tcfg.betas, why="expected two numbers")
+    eps = float(tcfg.adam_eps)
     extra = component_groups(model, float(tcfg.lr))
     own = {id(p) for g in extra for p in g["params"]}
     groups = [{**g, "params": [p for p in g["params"] if id(p) not in own]}
@@ -126,15 +127,16 @@ def build_optimizer(model: nn.Module, tcfg, device_type: str = "cpu") -> torch.o
     adamw = None
     if device_type in ("cuda", "cpu"):          # one fused kernel: several times faster per step
         try:
-            adamw = torch.optim.AdamW(dense, lr=float(tcfg.lr), betas=betas, fused=True)
+            adamw = torch.optim.AdamW(dense, lr=float(tcfg.lr), betas=betas, eps=eps,
+                                      fused=True)
         except (RuntimeError, TypeError):
             adamw = None
     if adamw is None:
-        adamw = torch.optim.AdamW(dense, lr=float(tcfg.lr), betas=betas)
+        adamw = torch.optim.AdamW(dense, lr=float(tcfg.lr), betas=betas, eps=eps)
     if not sparse:
         return adamw
     return CombinedOptimizer([adamw, torch.optim.SparseAdam(sparse, lr=float(tcfg.lr),
-                                                            betas=betas)])
+                                                            betas=betas, eps=eps)])
 
 
 def has_sparse_gradients(model: nn.Module) -> bool:
