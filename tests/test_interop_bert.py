@@ -125,3 +125,23 @@ def test_roformer_edited_sinusoid_table_is_refused():
         hf.roformer.encoder.embed_positions.weight[3, 1] += 1.0
     with pytest.raises(ConversionError, match="embed_positions"):
         from_hf(hf, warn=False)
+
+
+@pytest.mark.parametrize("cls,cfg_name,act", [
+    ("RobertaForMaskedLM", "RobertaConfig", "relu"),
+    ("XLMRobertaForMaskedLM", "XLMRobertaConfig", "gelu_new"),
+    ("CamembertForMaskedLM", "CamembertConfig", "gelu")])
+@pytest.mark.parametrize("left", [False, True], ids=["right-pad", "left-pad"])
+def test_roberta_family_mlm_head_gelu_and_positions_from_padding(cls, cfg_name, act, left):
+    """RobertaLMHead uses exact GELU whatever hidden_act is (a relu head was off by 0.35), and
+    positions count the non-padding ids, so left padding matches HF too (was off by 1.5)."""
+    hf = make(cls, cfg_name, hidden_act=act, pad_token_id=2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = from_hf(hf).eval()
+    ids, mask = random_batch(V, 3, 12, left=left, pad_id=2)
+    with torch.no_grad():
+        a = hf(input_ids=ids, attention_mask=mask).logits
+        b = model(ids, attention_mask=mask.bool()).logits
+    real = mask.bool()
+    torch.testing.assert_close(b[real], a[real], atol=TOL, rtol=0)

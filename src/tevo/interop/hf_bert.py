@@ -5,9 +5,12 @@ embedding LayerNorm and an MLM head ``decoder(LN(act(dense(h)))) + bias`` whose 
 to the word embeddings and has its own output bias.
 
 RoBERTa numbers positions from ``padding_idx + 1`` (fairseq's ``make_positions``): position
-row ``padding_idx + 1 + t`` holds token t, the rows up to ``padding_idx`` only ever serve
-padding. tevo's table is that table sliced from ``padding_idx + 1``, so tevo's position t is
-RoBERTa's ``padding_idx + 1 + t``.
+row ``padding_idx + 1 + t`` holds the t-th non-padding token (counted from the ids, so left
+padding shifts nothing), the rows up to ``padding_idx`` only ever serve padding. tevo's table
+is that table sliced from ``padding_idx + 1``, so tevo's position t is RoBERTa's
+``padding_idx + 1 + t``, and the converted model sets ``extra.positions_skip_padding`` so that
+its encoder counts positions the same way. RoBERTa's MLM head (``RobertaLMHead``) always
+applies exact GELU, whatever ``hidden_act`` says.
 
 ELECTRA's discriminator head (dense → act → one logit per token) is not part of tevo's
 ``Encoder``; the converted model is ``ModelWithHead(encoder, ReplacedTokenDetectionHead)``.
@@ -156,8 +159,13 @@ class RoBERTa(HFFamily):
             raise ConversionError(f"{c.model_type}: max_position_embeddings="
                                   f"{c.max_position_embeddings} leaves no position after "
                                   f"padding_idx={pad}")
-        return encoder_config(c, n_pos, c.type_vocab_size, act, c.layer_norm_eps,
+        data = encoder_config(c, n_pos, c.type_vocab_size, act, c.layer_norm_eps,
                               {"position_offset": pad + 1})
+        # RobertaLMHead applies exact GELU whatever hidden_act says
+        data["extra"]["mlm_activation"] = "gelu"
+        # positions count the non-padding ids (create_position_ids_from_input_ids)
+        data["extra"]["positions_skip_padding"] = True
+        return data
 
     def weights(self, c, w: Weights, cfg: ModelConfig) -> dict[str, Tensor]:
         sd = encoder_weights(c, w, slice(int(c.pad_token_id) + 1, None))

@@ -59,10 +59,19 @@ class Encoder(nn.Module):
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None,
                 token_type_ids: Tensor | None = None, positions: Tensor | None = None,
-                state=None, return_hidden: bool = True) -> ModelOutput:
+                state=None, return_hidden: bool = True, attn_mask: Tensor | None = None,
+                predict: Tensor | None = None) -> ModelOutput:
+        """input_ids (B, n); ``attn_mask`` (B|1, n, n) bool: an extra attention pattern
+        (``MixerContext.attn_mask``); ``predict`` (B, n) bool: run the MLM head only at these
+        positions (sparse prediction), logits then (N_predict, V)."""
         check_ids(input_ids, self.cfg.vocab_size)
         B, n = input_ids.shape
         mask = None if attention_mask is None else attention_mask.bool()
+        if positions is None and (self.cfg.extra or {}).get("positions_skip_padding") \
+                and self.cfg.pad_id is not None:
+            # RoBERTa numbers tokens from the padding ids (fairseq make_positions): real token
+            # i gets the count of non-padding tokens before it, so left padding shifts nothing
+            positions = positions_from_mask(input_ids != self.cfg.pad_id, n)
         if positions is None:
             positions = torch.arange(n, device=input_ids.device).unsqueeze(0).expand(B, n)
         x = self.embed(input_ids)
@@ -82,11 +91,12 @@ class Encoder(nn.Module):
             x = self.emb_proj(x)
         x = self.drop(x)
         ctx = MixerContext(causal=self.causal, key_padding_mask=mask, positions=positions,
-                           pos=self.pos)
+                           pos=self.pos, attn_mask=attn_mask)
         h, _ = self.blocks(x, ctx)
         if self.norm is not None:
             h = self.norm(h)
-        logits = self.head(self.mlm_transform(h))                    # (B, n, V)
+        hp = h if predict is None else h[predict.bool()]             # (B, n, d) | (N, d)
+        logits = self.head(self.mlm_transform(hp))                   # (B, n, V) | (N, V)
         pooled = torch.tanh(self.pooler(h[:, 0]))                    # (B, d)
         return ModelOutput(logits, None, ctx.aux_loss(), h,
                            {"nsp_logits": self.nsp(pooled), "pooled": pooled, "aux": ctx.aux})
