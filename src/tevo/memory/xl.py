@@ -78,44 +78,7 @@ class XLMemory(nn.Module):
     def check_config(cls, cfg: ModelConfig, mem_len: int | None = None, **dims) -> None:
         """One-line errors for the models this memory cannot wrap."""
         _check_mem_len(mem_len)
-        if dims:
-            raise ConfigError(f"model.memory.{sorted(dims)[0]}", dims[sorted(dims)[0]],
-                              ["mem_len"], why="set by the model, not by the memory spec")
-        decoders = [n for n in MODELS.names() if _is_decoder_only(MODELS.get(n).obj)]
-        if cfg.arch not in decoders:
-            raise ConfigError("model.arch", cfg.arch, decoders,
-                              why=f"memory 'xl_memory' needs a decoder-only causal model, "
-                                  f"not arch {cfg.arch!r}")
-        if cfg.causal is False:
-            raise ConfigError("model.causal", False, [True],
-                              why="memory 'xl_memory' needs a causal model (future tokens of "
-                                  "the memory would leak into it)")
-        ok_layouts = sorted(set(SUBLAYERS) - {"c"})
-        for i, spec in enumerate(layer_specs(cfg)):
-            where = f"model.layers[{i}]" if cfg.layers else "model"
-            for t in spec["layout"].split():
-                if t not in ok_layouts:
-                    raise ConfigError(f"{where}.layout", t, ok_layouts,
-                                      why=f"memory 'xl_memory' cannot wrap sublayer {t!r} "
-                                          f"({SUBLAYERS.get(t, '?')})")
-            mname, _ = split_spec(spec["mixer"], f"{where}.mixer")
-            sup = MIXERS.get(mname).supports
-            if sup is not None and not sup.cache:
-                ok = [n for n in MIXERS.names()
-                      if MIXERS.get(n).supports.causal and MIXERS.get(n).supports.cache]
-                raise ConfigError(f"{where}.mixer", mname, ok,
-                                  why=f"memory 'xl_memory' needs a causal mixer whose rows do not "
-                                      f"depend on where the input ends (an incremental form); "
-                                      f"{mname!r} has none")
-            if spec["ffn"] is None:
-                continue
-            fname, _ = split_spec(spec["ffn"], f"{where}.ffn")
-            if not getattr(FFNS.get(fname).obj, "position_wise", True):
-                ok = [n for n in FFNS.names() if getattr(FFNS.get(n).obj, "position_wise", True)]
-                raise ConfigError(f"{where}.ffn", fname, ok,
-                                  why=f"memory 'xl_memory' recomputes the memory rows through "
-                                      f"the block; ffn {fname!r} is not position-wise, so they "
-                                      f"would change the new rows")
+        check_wrappable(cfg, "xl_memory", dims, ["mem_len"])
 
     # -- state ----------------------------------------------------------------------------
     def init_memory(self, batch: int, device=None, dtype=None) -> dict:
@@ -144,16 +107,7 @@ class XLMemory(nn.Module):
             raise InputError(f"xl_memory: the memory holds {len(mems)} layers × batch "
                              f"{memory['seen'].shape[0]}, the call has {len(model.blocks)} × {B}")
         seen = memory["seen"].to(dev)                                   # (B,)
-        mask = None if attention_mask is None else attention_mask.to(dev).bool()   # (B, n)
-        if mask is not None:
-            after_real = (seen > 0)[:, None] | (mask.long().cumsum(-1) > 0)
-            first = torch.cat([seen[:, None] > 0, after_real[:, :-1]], 1)
-            if bool((first & ~mask).any()):
-                raise InputError("xl_memory: a row is padded after a real token; only left "
-                                 "padding (before a row's first real token) is supported")
-            pos = (seen[:, None] + mask.long().cumsum(-1) - 1).clamp(min=0)
-        else:
-            pos = seen[:, None] + torch.arange(n, device=dev)           # (B, n)
+        pos, mask = segment_positions(seen, attention_mask, n, "xl_memory")   # (B, n) each
         m = mems[0].shape[1] if mems else 0
         mem_mask = memory["mask"]
         key_mask = None                                                 # (B, m + n)
@@ -198,6 +152,74 @@ def stream_logits(model: nn.Module, input_ids: Tensor, seg_len: int,
         outs.append(o.logits)
         memory = o.state
     return torch.cat(outs, 1), memory
+
+
+def check_wrappable(cfg: ModelConfig, name: str, dims: dict, options: list,
+                    recompute_rows: bool = True) -> None:
+    """One-line errors for the models a segment memory cannot wrap: it needs a decoder-only
+    causal model (a bidirectional one would let the memory see its future), no cross-attention
+    sublayer, and, when the memory rows are recomputed through the blocks (``recompute_rows``),
+    mixers with an incremental form and position-wise FFNs. ``dims`` are keyword arguments of
+    the spec that the model sets itself (refused); ``options`` the memory's own."""
+    if dims:
+        raise ConfigError(f"model.memory.{sorted(dims)[0]}", dims[sorted(dims)[0]], options,
+                          why="set by the model, not by the memory spec")
+    decoders = [n for n in MODELS.names() if _is_decoder_only(MODELS.get(n).obj)]
+    if cfg.arch not in decoders:
+        raise ConfigError("model.arch", cfg.arch, decoders,
+                          why=f"memory {name!r} needs a decoder-only causal model, "
+                              f"not arch {cfg.arch!r}")
+    if cfg.causal is False:
+        raise ConfigError("model.causal", False, [True],
+                          why=f"memory {name!r} needs a causal model (future tokens of "
+                              f"the memory would leak into it)")
+    ok_layouts = sorted(set(SUBLAYERS) - {"c"})
+    for i, spec in enumerate(layer_specs(cfg)):
+        where = f"model.layers[{i}]" if cfg.layers else "model"
+        for t in spec["layout"].split():
+            if t not in ok_layouts:
+                raise ConfigError(f"{where}.layout", t, ok_layouts,
+                                  why=f"memory {name!r} cannot wrap sublayer {t!r} "
+                                      f"({SUBLAYERS.get(t, '?')})")
+        if not recompute_rows:
+            continue
+        mname, _ = split_spec(spec["mixer"], f"{where}.mixer")
+        sup = MIXERS.get(mname).supports
+        if sup is not None and not sup.cache:
+            ok = [n for n in MIXERS.names()
+                  if MIXERS.get(n).supports.causal and MIXERS.get(n).supports.cache]
+            raise ConfigError(f"{where}.mixer", mname, ok,
+                              why=f"memory {name!r} needs a causal mixer whose rows do not "
+                                  f"depend on where the input ends (an incremental form); "
+                                  f"{mname!r} has none")
+        if spec["ffn"] is None:
+            continue
+        fname, _ = split_spec(spec["ffn"], f"{where}.ffn")
+        if not getattr(FFNS.get(fname).obj, "position_wise", True):
+            ok = [n for n in FFNS.names() if getattr(FFNS.get(n).obj, "position_wise", True)]
+            raise ConfigError(f"{where}.ffn", fname, ok,
+                              why=f"memory {name!r} recomputes the memory rows through "
+                                  f"the block; ffn {fname!r} is not position-wise, so they "
+                                  f"would change the new rows")
+
+
+def segment_positions(seen: Tensor, attention_mask: Tensor | None, n: int, name: str):
+    """Stream positions of a segment's tokens and its padding mask: seen (B,) real tokens read
+    before; attention_mask (B, n) or None. Left padding only (before a row's first real token,
+    counting the earlier segments): anything else is an InputError. Returns pos (B, n), mask
+    (B, n) bool or None."""
+    dev = seen.device
+    mask = None if attention_mask is None else attention_mask.to(dev).bool()
+    if mask is not None:
+        after_real = (seen > 0)[:, None] | (mask.long().cumsum(-1) > 0)
+        first = torch.cat([seen[:, None] > 0, after_real[:, :-1]], 1)
+        if bool((first & ~mask).any()):
+            raise InputError(f"{name}: a row is padded after a real token; only left "
+                             f"padding (before a row's first real token) is supported")
+        pos = (seen[:, None] + mask.long().cumsum(-1) - 1).clamp(min=0)
+    else:
+        pos = seen[:, None] + torch.arange(n, device=dev)
+    return pos, mask
 
 
 def _check_mem_len(mem_len) -> None:
