@@ -11,6 +11,8 @@ registry entries are thin subclasses. ``impl`` picks the kernel: "sdpa" (fused, 
 """
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 from torch import Tensor, nn
 
@@ -25,8 +27,21 @@ from ..base import Mixer, Supports
 class MultiHeadAttentionBase(Mixer):
     """Projections, position hooks, masks and KV cache shared by softmax-score attentions.
 
-    Subclasses that change only how scores become outputs override ``attend``.
+    Subclasses that change only how scores become outputs override ``attend``. Every path of
+    ``forward`` (the fused causal shortcut is taken only when ``attend`` is not overridden)
+    goes through it, except the value term of an encoding with the ``value`` hook (Shaw eq. 3),
+    which needs the attention weights that ``attend`` does not return: a subclass that
+    overrides ``attend`` loses ``value`` from its ``supports.positions`` (so the combination is
+    a one-line config error) unless it also overrides ``_attend_with_values``.
     """
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        base = MultiHeadAttentionBase
+        if (cls.attend is not base.attend and cls._attend_with_values is
+                base._attend_with_values and "value" in cls.supports.positions):
+            cls.supports = dataclasses.replace(
+                cls.supports, positions=cls.supports.positions - {"value"})
 
     supports = Supports(causal=True, bidirectional=True, cross=True, cache=True,
                         positions=frozenset({"input", "qk", "bias"}))
@@ -100,6 +115,11 @@ class MultiHeadAttentionBase(Mixer):
                                             scale=self.scale, dropout=p, is_causal=True)
             return self.o_proj(self._merge(y)), new_state
         mask = attention_mask(n, n_k, ctx.causal, kpm, x.device)
+        if value_hook and "value" not in self.supports.positions:
+            raise ConfigError("position", type(pos).__name__,
+                              why=f"its value hook needs the attention weights, which "
+                                  f"{type(self).__name__}.attend does not return (override "
+                                  f"_attend_with_values too)")
         if value_hook:
             y = self._attend_with_values(q, k, v, mask, bias, pos, q_pos, k_pos)
         else:
