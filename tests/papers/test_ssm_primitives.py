@@ -177,3 +177,19 @@ def test_ssm_scan_continues_from_state_and_step():
     torch.testing.assert_close(x7, xs[:, 6], **TOL)
     with pytest.raises(ConfigError, match="discretization"):
         discretize(Lambda, B, dt, "euler")
+
+
+def test_fft_conv_input_gradient_is_exactly_causal_and_per_sample_kernel_grads():
+    """No gradient reaches inputs after the differentiated output, bit for bit (the FFT's
+    rounding would leave ~1e-10 there); per-sample kernels get the direct convolution's grads."""
+    u = torch.randn(2, 20, 3, requires_grad=True)
+    k = torch.randn(3, 20)
+    fft_conv(u, k)[:, 7].sum().backward()
+    assert (u.grad[:, 8:] == 0).all() and (u.grad[:, :8] != 0).all()
+    u = torch.randn(2, 9, 3, requires_grad=True)
+    kb = torch.randn(2, 3, 5, requires_grad=True)
+    w = torch.randn(2, 9, 3)
+    g1 = torch.autograd.grad((fft_conv(u, kb) * w).sum(), (u, kb))
+    g2 = torch.autograd.grad((direct_conv(u, kb) * w).sum(), (u, kb))
+    for a, b in zip(g1, g2):
+        torch.testing.assert_close(a, b, **TOL)

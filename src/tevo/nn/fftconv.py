@@ -70,6 +70,53 @@ def _prepare(u: Tensor, k: Tensor, mask: Tensor | None):
     return uf, kf
 
 
+def _causal_fft(u: Tensor, k: Tensor) -> Tensor:
+    """Σ_j k_j u_{t-j} for t < n by FFT (u (B, n, d), k (d, L) or (B, d, L), L ≤ n)."""
+    n = u.shape[1]
+    N = fft_size(n, k.shape[-1])
+    U = torch.fft.rfft(u, n=N, dim=1)                      # (B, N/2+1, d)
+    K = torch.fft.rfft(k, n=N, dim=-1).transpose(-1, -2)   # (N/2+1, d) or (B, N/2+1, d)
+    return torch.fft.irfft(U * K, n=N, dim=1)[:, :n]
+
+
+def _last_nonzero_keep(g: Tensor) -> Tensor:
+    """(B, n, 1) mask of positions ≤ the last time step where g (B, n, d) is nonzero."""
+    nz = (g != 0).any(-1)                                  # (B, n)
+    seen = nz.flip(1).long().cummax(1).values.flip(1)      # 1 up to the last nonzero step
+    return seen.unsqueeze(-1).to(g.dtype)
+
+
+class _CausalFFTConv(torch.autograd.Function):
+    """Causal FFT convolution whose input gradient is exactly causal.
+
+    The adjoint of a causal convolution is anti-causal: ∂L/∂u_s = Σ_j k_j g_{s+j} (an FFT
+    correlation), which is exactly zero after the last step where the output gradient g is
+    nonzero. Rounding in the FFT leaves ~1e-10 there instead; the backward restores the exact
+    zeros, so "no gradient flows from the future" holds bit for bit."""
+
+    @staticmethod
+    def forward(ctx, u: Tensor, k: Tensor) -> Tensor:
+        ctx.save_for_backward(u, k)
+        return _causal_fft(u, k)
+
+    @staticmethod
+    def backward(ctx, g: Tensor):
+        u, k = ctx.saved_tensors
+        n, L = u.shape[1], k.shape[-1]
+        grad_u = grad_k = None
+        if ctx.needs_input_grad[0]:                        # anti-causal: flip, convolve, flip
+            grad_u = _causal_fft(g.flip(1), k).flip(1) * _last_nonzero_keep(g)
+        if ctx.needs_input_grad[1]:                        # r_j = Σ_t g_t u_{t-j}, j < L
+            N = fft_size(n, L)
+            G = torch.fft.rfft(g, n=N, dim=1)
+            U = torch.fft.rfft(u, n=N, dim=1)
+            r = torch.fft.irfft(G * U.conj(), n=N, dim=1)[:, :L]     # (B, L, d)
+            grad_k = r.transpose(1, 2)                              # (B, d, L)
+            if k.dim() == 2:
+                grad_k = grad_k.sum(0)
+        return grad_u, grad_k
+
+
 def fft_conv(u: Tensor, k: Tensor, D: Tensor | None = None,
              mask: Tensor | None = None) -> Tensor:
     """Causal convolution of u (B, n, d) with per-channel kernels k (d, L) or (B, d, L), plus the
@@ -79,10 +126,7 @@ def fft_conv(u: Tensor, k: Tensor, D: Tensor | None = None,
     uf, kf = _prepare(u, k, mask)
     with torch.autocast(device_type=u.device.type, enabled=False):
         kf = kf[..., :n]                                   # taps ≥ n never reach an output
-        N = fft_size(n, kf.shape[-1])
-        U = torch.fft.rfft(uf, n=N, dim=1)                 # (B, N/2+1, d)
-        K = torch.fft.rfft(kf, n=N, dim=-1).transpose(-1, -2)   # (N/2+1, d) or (B, N/2+1, d)
-        y = torch.fft.irfft(U * K, n=N, dim=1)[:, :n]      # (B, n, d)
+        y = _CausalFFTConv.apply(uf, kf)                   # (B, n, d)
         if D is not None:
             y = y + uf * D.to(uf.dtype)
     return y.to(u.dtype)
