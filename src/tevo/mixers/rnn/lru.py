@@ -29,7 +29,7 @@ from torch import Tensor, nn
 from ...errors import ConfigError
 from ...nn.chunked import fp32_region, upcast
 from ...nn.context import MixerContext
-from ...nn.scan import parallel_scan
+from ...nn.scan import linear_recurrence_loop, parallel_scan
 from ...registry import MIXERS
 from ..base import Mixer, Supports
 from .common import hold_on_padding, in_range, positive, real_mask
@@ -97,18 +97,8 @@ class LinearRecurrentUnit(Mixer):
             if self.form == "scan" and not (state is not None and n == 1):
                 h = parallel_scan(a, bu, h0, dim=1)                        # (B, n, N)
             else:
-                h = self._loop(a, bu, h0)
+                h = linear_recurrence_loop(a, bu, h0, dim=1)       # one-token steps
             C = torch.complex(self.C_re, self.C_im)                        # (H, N)
             y = (h @ C.T).real + self.D * u                                # (B, n, H)
         new_state = None if state is None else {"h": torch.view_as_real(h[:, -1]).contiguous()}
         return y.to(x.dtype), new_state
-
-    @staticmethod
-    def _loop(a: Tensor, b: Tensor, h0: Tensor | None) -> Tensor:
-        """The one-token step x ← λ x + γ B u applied n times (the decoding form)."""
-        h = torch.zeros_like(b[:, 0]) if h0 is None else h0
-        out = []
-        for t in range(b.shape[1]):
-            h = a[:, t] * h + b[:, t]
-            out.append(h)
-        return torch.stack(out, 1)

@@ -1,0 +1,161 @@
+"""QRNN, SRU, SRU++: each equals a plain per-sample loop of its paper's equations on the real
+tokens of a left-padded batch (outputs, final state, gradients); the scan and step forms agree;
+decoding continues the state."""
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from tevo.errors import ConfigError
+from tiny import make_mixer
+from papers.linear_reference import (assert_rel_close, ctx, forms_agree, left_padded,
+                                     prefill_then_steps)
+
+
+def _grads_agree(m, x, mask, y, y_ref):
+    """Gradients of the same weighted loss through the mixer and through the reference."""
+    w = torch.randn(y.shape, generator=torch.Generator().manual_seed(3))
+    params = [p for p in m.parameters()]
+    g = torch.autograd.grad((y * w)[mask].sum(), [x] + params, allow_unused=True)
+    g_ref = torch.autograd.grad((y_ref * w)[mask].sum(), [x] + params, allow_unused=True)
+    for a, b in zip(g, g_ref):
+        if a is None or b is None:
+            assert a is None and b is None
+            continue
+        assert_rel_close(a, b, 1e-5, "gradient")
+
+
+# -- QRNN ---------------------------------------------------------------------------------------
+def _qrnn_reference(m, x, mask):
+    B, n, d = x.shape
+    k, G = m.window, {"f": 2, "fo": 3, "ifo": 4}[m.pooling]
+    W, bias = m.conv.weight, m.conv.bias                               # (G d, k d)
+    y, cs = torch.zeros(B, n, d), []
+    for b in range(B):
+        idx = [t for t in range(n) if mask[b, t]]
+        xr = x[b, idx]                                                 # the real tokens only
+        c = torch.zeros(d)
+        for s, t in enumerate(idx):
+            taps = [xr[s - j] if s - j >= 0 else torch.zeros(d) for j in range(k)]
+            g = (W @ torch.cat(taps) + bias).split(d)
+            z, f = torch.tanh(g[0]), torch.sigmoid(g[1])
+            if m.pooling == "ifo":
+                c = f * c + torch.sigmoid(g[3]) * z                    # eq. 5
+            else:
+                c = f * c + (1 - f) * z                                # eqs. 3, 4
+            y[b, t] = c if m.pooling == "f" else torch.sigmoid(g[2]) * c
+        cs.append(c)
+    return y, torch.stack(cs)
+
+
+@pytest.mark.parametrize("pooling", ["fo", "f", "ifo"])
+def test_qrnn_fo_pooling_equals_loop(pooling):
+    m = make_mixer("qrnn", True, window=3, pooling=pooling)
+    x, mask = left_padded(n=10)
+    x = x.requires_grad_(True)
+    y, st = m(x, ctx(x, True, mask), m.init_state(2))
+    y_ref, c_ref = _qrnn_reference(m, x, mask)
+    assert_rel_close(y[mask], y_ref[mask], 1e-5, "outputs")
+    assert_rel_close(st["c"], c_ref, 1e-5, "final c")
+    _grads_agree(m, x, mask, y, y_ref)
+    forms_agree(m, ["scan", "recurrent"], x.detach(), mask)
+
+
+def test_qrnn_decoding_keeps_a_fixed_size_state():
+    m = make_mixer("qrnn", True, window=3)
+    x, mask = left_padded(n=12)
+    y_inc, y_full, st = prefill_then_steps(m, x, mask)
+    assert_rel_close(y_inc[mask], y_full[mask], 1e-5)
+    assert st["buf"].shape == (2, 2, 16) and st["c"].shape == (2, 16)
+
+
+# -- SRU ----------------------------------------------------------------------------------------
+def _sru_loop(U, x, v, bias, mask):
+    """Eqs. 3–6 per sample on the real tokens. U (B, n, 3d)."""
+    B, n, d = x.shape
+    y, cs = torch.zeros(B, n, d), []
+    for b in range(B):
+        c = torch.zeros(d)
+        for t in range(n):
+            if not mask[b, t]:
+                continue
+            xt, (wx, fx, rx) = x[b, t], U[b, t].split(d)
+            pf = v[0] * c if v is not None else 0
+            pr = v[1] * c if v is not None else 0
+            f = torch.sigmoid(fx + pf + bias[0])                      # eq. 3
+            r = torch.sigmoid(rx + pr + bias[1])                      # eq. 5 (c_{t-1})
+            c = f * c + (1 - f) * wx                                  # eq. 4
+            y[b, t] = r * c + (1 - r) * xt                            # eq. 6
+        cs.append(c)
+    return y, torch.stack(cs)
+
+
+def _perturb(m):
+    with torch.no_grad():
+        m.bias.normal_(0, 0.5)
+        if getattr(m, "alpha", None) is not None:
+            m.alpha.fill_(0.7)
+
+
+@pytest.mark.parametrize("peephole", [True, False])
+def test_sru_equals_loop_of_the_equations(peephole):
+    m = make_mixer("sru", True, peephole=peephole)
+    _perturb(m)
+    x, mask = left_padded(n=10)
+    x = x.requires_grad_(True)
+    y, st = m(x, ctx(x, True, mask), m.init_state(2))
+    y_ref, c_ref = _sru_loop(m.W(x), x, m.v, m.bias, mask)
+    assert_rel_close(y[mask], y_ref[mask], 1e-5, "outputs")
+    assert_rel_close(st["c"], c_ref, 1e-5, "final c")
+    _grads_agree(m, x, mask, y, y_ref)
+    if not peephole:
+        forms_agree(m, ["scan", "recurrent", "loop"], x.detach(), mask)
+
+
+def test_srupp_equals_attention_then_sru_loop():
+    m = make_mixer("srupp", True, proj=8, heads=2)
+    _perturb(m)
+    x, mask = left_padded(n=10)
+    x = x.requires_grad_(True)
+    y, st = m(x, ctx(x, True, mask), m.init_state(2))
+    B, n, d = x.shape
+    H, e = 2, 4
+    U = torch.zeros(B, n, 3 * d)
+    for b in range(B):
+        idx = [t for t in range(n) if mask[b, t]]
+        Q = x[b, idx] @ m.q_proj.weight.T                             # Q = W^q x
+        K = Q @ m.kv_proj.weight[:8].T                                # K = W^k Q
+        V = Q @ m.kv_proj.weight[8:].T                                # V = W^v Q
+        A = torch.zeros_like(Q)
+        for h in range(H):
+            sl = slice(h * e, (h + 1) * e)
+            for s in range(len(idx)):                                 # causal softmax row
+                w = torch.softmax(Q[s, sl] @ K[:s + 1, sl].T / math.sqrt(e), -1)
+                A[s, sl] = w @ V[:s + 1, sl]
+        Z = F.layer_norm(Q + m.alpha * A, (8,), m.norm.weight, m.norm.bias, m.norm.eps)
+        U[b, idx] = Z @ m.o_proj.weight.T                             # U = W^o LN(Q + αA)
+    y_ref, c_ref = _sru_loop(U, x, m.v, m.bias, mask)
+    assert_rel_close(y[mask], y_ref[mask], 1e-5, "outputs")
+    assert_rel_close(st["c"], c_ref, 1e-5, "final c")
+    _grads_agree(m, x, mask, y, y_ref)
+
+
+@pytest.mark.parametrize("name", ["sru", "srupp"])
+def test_sru_decoding_continues_the_state(name):
+    m = make_mixer(name, True)
+    _perturb(m)
+    x, mask = left_padded(n=12)
+    y_inc, y_full, st = prefill_then_steps(m, x, mask)
+    assert_rel_close(y_inc[mask], y_full[mask], 1e-5)
+    assert st["c"].shape == (2, 16)
+
+
+@pytest.mark.parametrize("name,bad", [("qrnn", {"window": 0}), ("qrnn", {"pooling": "o"}),
+                                      ("sru", {"form": "scan"}), ("sru", {"form": "fft"}),
+                                      ("srupp", {"proj": -4}), ("srupp", {"heads": 3}),
+                                      ("srupp", {"heads": 0})])
+def test_bad_options_are_one_line_config_errors(name, bad):
+    with pytest.raises(ConfigError) as e:
+        make_mixer(name, True, **bad)
+    assert "\n" not in str(e.value) and next(iter(bad)) in str(e.value)
