@@ -114,3 +114,18 @@ def test_unsupported_rope_type_is_named():
     hf = make("llama", **rope(1e4, "yarn", factor=4.0, original_max_position_embeddings=16))
     with pytest.raises(UnsupportedHFOption, match="rope_type"):
         from_hf(hf)
+
+
+@pytest.mark.parametrize("case", ["llama-gqa", "qwen2"])
+def test_generation_runs_past_max_position_embeddings_as_hf(case):
+    """A rotary model has no position table: HF decodes past max_position_embeddings without
+    cropping the context, so the converted model must too (a window of 8 made the tokens
+    diverge from step 3)."""
+    hf = make(case.split("-")[0], max_position_embeddings=8)
+    model = from_hf(hf)
+    ids, mask = random_batch(V, batch=2, n=6, left=True, seed=4)
+    want = greedy_hf(hf, ids, mask, 14)
+    assert torch.equal(greedy_tevo(model, ids, mask, 14), want)
+    from tevo.inference.generate import generate
+    out = generate(model, ids, 14, greedy=True, use_cache=False, attention_mask=mask)
+    assert torch.equal(out[:, ids.shape[1]:], want)

@@ -8,7 +8,8 @@ keep the smallest set of tokens whose probability mass reaches p.
 Cached and uncached decoding are the same function of the prompt: the cached path prefills the
 prompt once and then feeds one token a step; the uncached path re-runs the whole context each
 step. The model sees at most ``context`` tokens, by default its training length
-(``model.cfg.max_len``: most position encodings degrade past the length they were trained at);
+(``model.cfg.max_len``: most position encodings degrade past the length they were trained at;
+a model converted from Hugging Face is limited only by a position table, as in transformers);
 once the context is full the window slides (the uncached path crops to the last ``context``
 tokens, the cached path re-prefills the same window), so both stay equal. A longer prompt is
 cropped to its last ``context`` tokens, except that a prompt longer than a learned position
@@ -30,9 +31,14 @@ def context_limit(model) -> int | None:
 
 
 def default_context(model) -> int | None:
-    """The window generation uses by default: the model's training length, within its table."""
-    lims = [v for v in (getattr(getattr(model, "cfg", None), "max_len", None),
-                        context_limit(model)) if v]
+    """The window generation uses by default: the model's training length, within its table.
+    A model converted from Hugging Face (``cfg.extra.hf``) decodes as transformers does: only a
+    position table limits its context (a rotary Llama's max_position_embeddings does not)."""
+    cfg = getattr(model, "cfg", None)
+    trained = getattr(cfg, "max_len", None)
+    if "hf" in (getattr(cfg, "extra", None) or {}):
+        trained = None
+    lims = [v for v in (trained, context_limit(model)) if v]
     return int(min(lims)) if lims else None
 
 
