@@ -18,15 +18,16 @@ def s4d_loop(m, u):
     """S4D eq. 5 (ZOH) / bilinear, written out: per channel h and state s,
     x_t = Ā x_{t-1} + B̄ u_t, y_t = 2 Re(Σ_s C_s x_t,s) + D u_t, one step at a time."""
     Bsz, n, H = u.shape
-    lam = torch.complex(-torch.exp(m.log_A_real), m.A_imag)          # (H, S)
-    dt = torch.exp(m.log_dt)[:, None]
-    if m.discretization == "zoh":
+    p = m.ssm
+    lam = torch.complex(-torch.exp(p.log_A_real), p.A_imag)          # (H, S)
+    dt = torch.exp(p.log_dt)[:, None]
+    if p.discretization == "zoh":
         A = torch.exp(dt * lam)
         Bb = (A - 1) / lam
     else:
         A = (1 + dt * lam / 2) / (1 - dt * lam / 2)
         Bb = dt / (1 - dt * lam / 2)
-    C = torch.view_as_complex(m.C)[0]
+    C = torch.view_as_complex(p.C)[0]
     x = torch.zeros(Bsz, H, lam.shape[1], dtype=torch.cfloat)
     ys = []
     for t in range(n):
@@ -73,10 +74,11 @@ def test_s4d_scan_equals_recurrence_equals_convolution(disc):
     torch.testing.assert_close(st["x"], x_last, **TOL)
     # gradients of inputs and every SSM parameter agree across the forms
     w = torch.randn_like(y_loop)
-    params = [x, m.log_A_real, m.A_imag, m.log_dt, m.C, m.D]
+    params = [x, m.ssm.log_A_real, m.ssm.A_imag, m.ssm.log_dt, m.ssm.C, m.D]
     g_ref = torch.autograd.grad((y_loop * w).sum(), params)
     g_conv = torch.autograd.grad((y_conv * w).sum(), params)
-    scan_params = [x, m_scan.log_A_real, m_scan.A_imag, m_scan.log_dt, m_scan.C, m_scan.D]
+    scan_params = [x, m_scan.ssm.log_A_real, m_scan.ssm.A_imag, m_scan.ssm.log_dt,
+                   m_scan.ssm.C, m_scan.D]
     g_scan = torch.autograd.grad((y_scan * w).sum(), scan_params)
     for a, b, c in zip(g_ref, g_conv, g_scan):
         torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5)
@@ -85,13 +87,13 @@ def test_s4d_scan_equals_recurrence_equals_convolution(disc):
 
 def test_s4d_kernel_is_the_vandermonde_product_and_s4d_lin_init():
     m = make_mixer("s4d", True, state_size=6)
-    K = m.kernel(7)[0]
-    A, Bb, C = m.ssm()
+    K = m.ssm.kernel(7)[0]
+    A, Bb, C = m.ssm.discrete()
     for h in (0, 5):
         for l in range(7):
             want = sum(C[0, h, s] * Bb[h, s] * A[h, s] ** l for s in range(3)).real
             assert math.isclose(K[h, l].item(), want.item(), rel_tol=1e-4, abs_tol=1e-6)
-    lam = torch.complex(-torch.exp(m.log_A_real), m.A_imag)
+    lam = torch.complex(-torch.exp(m.ssm.log_A_real), m.ssm.A_imag)
     torch.testing.assert_close(lam[0], torch.tensor([-0.5, -0.5 + 1j * math.pi,
                                                      -0.5 + 2j * math.pi]))
 
@@ -100,7 +102,7 @@ def test_s4d_bidirectional_sees_the_future_and_equals_two_loops():
     m = make_mixer("s4d", False, state_size=4)
     x = torch.randn(1, 9, 16)
     y, _ = m(x, MixerContext(causal=False))
-    A, Bb, C = m.ssm()
+    A, Bb, C = m.ssm.discrete()
     ys = torch.zeros(1, 9, 16)
     for t in range(9):                       # y_t = Σ_{j≥0} K0_j u_{t-j} + Σ_{j≥1} K1_j u_{t+j}
         for s in range(9):
@@ -112,7 +114,7 @@ def test_s4d_bidirectional_sees_the_future_and_equals_two_loops():
 
 
 def s5_loop(m, u):
-    A, Bb, C = m.ssm()                                        # (P,), (P, d), 2C̃ (d, P)
+    A, Bb, C = m.discrete()                                      # (P,), (P, d), 2C̃ (d, P)
     x = torch.zeros(u.shape[0], A.shape[0], dtype=torch.cfloat)
     ys = []
     for t in range(u.shape[1]):
@@ -127,7 +129,7 @@ def test_s5_scan_equals_recurrence_equals_convolution():
     y_scan, _ = m(x, ctx(x))
     y_lin, x_last = s5_loop(m, x)
     # the MIMO convolution: K_l = 2Re(C̃ diag(Ā^l) B̄) (d × d), y_t = Σ_l K_l u_{t-l} + D u_t
-    A, Bb, C = m.ssm()
+    A, Bb, C = m.discrete()
     K = torch.stack([(C * A ** l) @ Bb for l in range(11)]).real          # (L, d, d)
     y_cv = torch.stack([sum(x[:, t - l] @ K[l].T for l in range(t + 1)) for t in range(11)], 1)
     y_cv = y_cv + m.D * x

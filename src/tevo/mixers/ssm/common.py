@@ -22,6 +22,7 @@ from torch import Tensor, nn
 from ...errors import ConfigError
 from ...nn.context import MixerContext
 from ...nn.fftconv import check_kernel_len, conv_buffer, conv_with_state, fft_conv
+from ...nn.ssm import check_discretization, check_positive, discretize, ssm_kernel, ssm_scan
 from ..base import Mixer, Supports
 
 
@@ -115,3 +116,67 @@ def s4d_lin_init(H: int, N: int) -> tuple[Tensor, Tensor]:
 def log_dt_init(shape, dt_min: float = 1e-3, dt_max: float = 1e-1) -> Tensor:
     """log Δ uniform in [log dt_min, log dt_max] (S4 / S4D / S5 default)."""
     return torch.rand(shape) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min)
+
+
+def check_dt(dt_min, dt_max) -> tuple[float, float]:
+    dt_min = check_float("mixer.dt_min", dt_min, 0.0)
+    dt_max = check_float("mixer.dt_max", dt_max, 0.0)
+    if dt_min > dt_max:
+        raise ConfigError("mixer.dt_min", dt_min, why=f"must be <= dt_max ({dt_max})")
+    return dt_min, dt_max
+
+
+class DiagonalSSM(nn.Module):
+    """The S4D kernel module: H channels, each a diagonal SSM with N/2 complex states (one of each
+    conjugate pair; output 2 Re(C x)), B = 1 folded into C, S4D-Lin init, learned log Δ;
+    ``channels`` output maps (C) share Λ and Δ (a second one serves the backward direction).
+
+    ``run(u)`` maps u (B, n, ..., H) to y (B, n, ..., H) — every leading group of channels
+    through the same per-channel SSM — by FFT convolution with the kernel (``form="conv"``, from
+    a zero state) or by the parallel scan (``form="scan"``, or whenever a state x0 is given),
+    returning the last state (B, ..., H, N/2) in the scan form."""
+
+    def __init__(self, H: int, state_size: int, channels: int = 1,
+                 discretization: str = "zoh", dt_min: float = 1e-3, dt_max: float = 1e-1,
+                 field: str = "mixer.state_size"):
+        super().__init__()
+        check_positive(field, state_size)
+        if state_size % 2:
+            raise ConfigError(field, state_size,
+                              why=f"must be a positive even integer (conjugate pairs), "
+                                  f"got {state_size}")
+        self.discretization = check_discretization(discretization)
+        dt_min, dt_max = check_dt(dt_min, dt_max)
+        self.H, self.N = H, state_size // 2
+        log_re, im = s4d_lin_init(H, self.N)
+        self.log_A_real = nn.Parameter(log_re)                      # (H, N/2)
+        self.A_imag = nn.Parameter(im)                              # (H, N/2)
+        self.log_dt = nn.Parameter(log_dt_init(H, dt_min, dt_max))  # (H,)
+        self.C = nn.Parameter(torch.view_as_real(                   # (c, H, N/2) complex
+            torch.randn(channels, H, self.N, dtype=torch.cfloat) * 0.5 ** 0.5))
+
+    def discrete(self) -> tuple[Tensor, Tensor, Tensor]:
+        """Ā, B̄ (H, N/2) and 2C (c, H, N/2) — the factor 2 sums each conjugate pair."""
+        Lambda = torch.complex(-torch.exp(self.log_A_real), self.A_imag)
+        A_bar, B_bar = discretize(Lambda, None, torch.exp(self.log_dt)[:, None],
+                                  self.discretization)
+        return A_bar, B_bar, 2 * torch.view_as_complex(self.C)
+
+    def kernel(self, L: int) -> Tensor:
+        """K (c, H, L): the convolution kernel the SSM induces (Vandermonde, S4D eq. 6)."""
+        A_bar, B_bar, C = self.discrete()
+        return ssm_kernel(A_bar, B_bar, C, L)
+
+    def init_state(self, batch: int, *group, device=None) -> Tensor:
+        return torch.zeros(batch, *group, self.H, self.N, dtype=torch.cfloat, device=device)
+
+    def run(self, u: Tensor, x0: Tensor | None = None, form: str = "conv", channel: int = 0):
+        if form == "conv" and x0 is None:
+            B, n = u.shape[:2]
+            K = self.kernel(n)[channel]                                # (H, n)
+            flat = u.reshape(B, n, -1)
+            K = K.repeat(flat.shape[-1] // self.H, 1)                  # groups share the kernel
+            return fft_conv(flat, K).view(u.shape), None
+        A_bar, B_bar, C = self.discrete()
+        y, xs = ssm_scan(u, A_bar, B_bar, C[channel], x0)
+        return y, xs[:, -1]

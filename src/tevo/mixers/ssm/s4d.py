@@ -31,11 +31,10 @@ from torch import Tensor, nn
 
 from ...errors import ConfigError
 from ...nn.context import MixerContext
-from ...nn.fftconv import fft_conv
-from ...nn.ssm import check_discretization, check_positive, discretize, ssm_kernel, ssm_scan
+from ...nn.ssm import check_discretization, check_positive, discretize, ssm_scan
 from ...registry import MIXERS
 from ..base import Mixer, Supports
-from .common import GLUOutput, check_float, log_dt_init, s4d_lin_init, two_sided_conv
+from .common import DiagonalSSM, GLUOutput, check_dt, log_dt_init, two_sided_conv
 
 FORMS = ("conv", "scan")
 
@@ -70,63 +69,31 @@ class S4D(Mixer):
                  discretization: str = "zoh", form: str = "conv", dt_min: float = 1e-3,
                  dt_max: float = 1e-1):
         super().__init__()
-        check_positive("mixer.state_size", state_size)
-        if state_size % 2:
-            raise ConfigError("mixer.state_size", state_size,
-                              why=f"must be a positive even integer (conjugate pairs), "
-                                  f"got {state_size}")
-        self.discretization = check_discretization(discretization)
         if form not in FORMS:
             raise ConfigError("mixer.form", form, FORMS)
-        dt_min = check_float("mixer.dt_min", dt_min, 0.0)
-        dt_max = check_float("mixer.dt_max", dt_max, 0.0)
-        if dt_min > dt_max:
-            raise ConfigError("mixer.dt_min", dt_min, why=f"must be <= dt_max ({dt_max})")
-        self.d_model, self.N, self.causal, self.form = d_model, state_size // 2, causal, form
-        H, N = d_model, self.N
-        log_re, im = s4d_lin_init(H, N)
-        self.log_A_real = nn.Parameter(log_re)                      # (H, N/2)
-        self.A_imag = nn.Parameter(im)                              # (H, N/2)
-        self.log_dt = nn.Parameter(log_dt_init(H, dt_min, dt_max))  # (H,)
-        channels = 1 if causal else 2
-        self.C = nn.Parameter(torch.view_as_real(                   # (c, H, N/2) complex
-            torch.randn(channels, H, N, dtype=torch.cfloat) * 0.5 ** 0.5))
-        self.D = nn.Parameter(torch.randn(H))
+        self.d_model, self.causal, self.form = d_model, causal, form
+        self.ssm = DiagonalSSM(d_model, state_size, 1 if causal else 2, discretization,
+                               dt_min, dt_max)
+        self.D = nn.Parameter(torch.randn(d_model))
         self.output = GLUOutput(d_model)
 
-    def ssm(self) -> tuple[Tensor, Tensor, Tensor]:
-        """Ā, B̄ (H, N/2) and 2C (c, H, N/2) — the factor 2 sums each conjugate pair."""
-        Lambda = torch.complex(-torch.exp(self.log_A_real), self.A_imag)
-        A_bar, B_bar = discretize(Lambda, None, torch.exp(self.log_dt)[:, None],
-                                  self.discretization)
-        return A_bar, B_bar, 2 * torch.view_as_complex(self.C)
-
-    def kernel(self, L: int) -> Tensor:
-        """K (c, H, L): the convolution kernel the SSM induces (Vandermonde, eq. 6)."""
-        A_bar, B_bar, C = self.ssm()
-        return ssm_kernel(A_bar, B_bar, C, L)
-
     def init_state(self, batch: int, device=None, dtype=None) -> dict:
-        return {"x": torch.zeros(batch, self.d_model, self.N, dtype=torch.cfloat, device=device)}
+        return {"x": self.ssm.init_state(batch, device=device)}
 
     def forward(self, x: Tensor, ctx: MixerContext, state=None):
         n = x.shape[1]
-        mask = ctx.query_mask(n)
         new_state = None
         with _fp32(x.device.type):
-            u = masked(x, mask)                                      # (B, n, H)
+            u = masked(x, ctx.query_mask(n))                         # (B, n, H)
             if not self.causal:
-                K = self.kernel(n)
-                y = two_sided_conv(u, K[0], K[1], self.D, None)
-            elif state is None and self.form == "conv":
-                y = fft_conv(u, self.kernel(n)[0], self.D)
+                K = self.ssm.kernel(n)
+                y = two_sided_conv(u, K[0], K[1], None, None)
             else:
-                A_bar, B_bar, C = self.ssm()
                 x0 = None if state is None else state["x"]
-                y, xs = ssm_scan(u, A_bar, B_bar, C[0], x0)          # (B, n, H), (B,n,H,N/2)
-                y = y + u * self.D
+                y, x_last = self.ssm.run(u, x0, self.form)
                 if state is not None:
-                    new_state = {"x": xs[:, -1]}
+                    new_state = {"x": x_last}
+            y = y + u * self.D
         return self.output(F.gelu(y).to(x.dtype)), new_state
 
 
@@ -162,10 +129,7 @@ class S5(Mixer):
         super().__init__()
         P = check_positive("mixer.state_size", state_size)
         self.discretization = check_discretization(discretization)
-        dt_min = check_float("mixer.dt_min", dt_min, 0.0)
-        dt_max = check_float("mixer.dt_max", dt_max, 0.0)
-        if dt_min > dt_max:
-            raise ConfigError("mixer.dt_min", dt_min, why=f"must be <= dt_max ({dt_max})")
+        dt_min, dt_max = check_dt(dt_min, dt_max)
         self.d_model, self.P = d_model, P
         Lambda, V = hippo_n(P)                                       # (P,), (2P, P)
         B = torch.randn(2 * P, d_model) / math.sqrt(d_model)         # lecun-normal B
@@ -180,7 +144,7 @@ class S5(Mixer):
         self.D = nn.Parameter(torch.randn(d_model))
         self.output = GLUOutput(d_model)
 
-    def ssm(self) -> tuple[Tensor, Tensor, Tensor]:
+    def discrete(self) -> tuple[Tensor, Tensor, Tensor]:
         """Ā (P,), B̄ (P, d), 2C̃ (d, P)."""
         Lambda = torch.complex(self.Lambda_re, self.Lambda_im)
         B = torch.view_as_complex(self.B)
@@ -195,7 +159,7 @@ class S5(Mixer):
         n = x.shape[1]
         with _fp32(x.device.type):
             u = masked(x, ctx.query_mask(n))                         # (B, n, d)
-            A_bar, B_bar, C = self.ssm()
+            A_bar, B_bar, C = self.discrete()
             drive = (u.to(B_bar.dtype) @ B_bar.T).unsqueeze(2)       # B̄ u_t: (B, n, 1, P)
             x0 = None if state is None else state["x"].unsqueeze(1)
             _, xs = ssm_scan(None, A_bar[None], None, None, x0, drive=drive)  # (B, n, 1, P)
