@@ -1,6 +1,7 @@
 """Pieces shared by the linear RNNs and convolutional decoders of this folder.
 
-- ``positive``/``in_range``: option validation (one-line ``ConfigError`` naming the option);
+- ``positive`` (``tevo.nn.ssm.check_positive``), ``in_range``: option validation (one-line
+  ``ConfigError`` naming the option);
 - ``real_mask``: the (B, n) mask of the current tokens (None = all real);
 - ``hold_on_padding``: the (a, b) of a linear recurrence h_t = a_t h_{t-1} + b_t turned into the
   identity step (a = 1, b = 0) at padded positions, so a left-padded sequence starts from the
@@ -15,13 +16,7 @@ import torch
 from torch import Tensor
 
 from ...errors import ConfigError
-
-
-def positive(field: str, value) -> int:
-    """A positive integer option, else a one-line ConfigError."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigError(field, value, why=f"must be a positive integer, got {value!r}")
-    return int(value)
+from ...nn.ssm import check_positive as positive  # noqa: F401  (re-exported for this family)
 
 
 def in_range(field: str, value, lo: float, hi: float, lo_open=False, hi_open=False) -> float:
