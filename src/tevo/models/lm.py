@@ -61,9 +61,10 @@ class LanguageModel(nn.Module):
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None,
                 state: dict | None = None, positions: Tensor | None = None,
-                return_hidden: bool = False) -> ModelOutput:
+                return_hidden: bool = False, attn_mask: Tensor | None = None) -> ModelOutput:
         """input_ids (B, n); attention_mask (B, n) True/1 = real token (of the new tokens only
-        when a state is given); state from ``init_state`` or a previous call."""
+        when a state is given); state from ``init_state`` or a previous call; ``attn_mask``
+        (B|1, n, n_k) bool: an extra attention pattern (``MixerContext.attn_mask``)."""
         check_ids(input_ids, self.cfg.vocab_size)
         B, n = input_ids.shape
         dev = input_ids.device
@@ -72,7 +73,7 @@ class LanguageModel(nn.Module):
             positions = token_positions(state, full_mask, B, n, dev)
         x = self.embed_tokens(input_ids, positions)                 # (B, n, d)
         ctx = MixerContext(causal=self.causal, key_padding_mask=full_mask, positions=positions,
-                           pos=self.pos)
+                           pos=self.pos, attn_mask=attn_mask)
         x, layer_states = self.blocks(x, ctx, None if state is None else state["layers"])
         if self.norm is not None:
             x = self.norm(x)

@@ -21,6 +21,10 @@ class MixerContext:
     aux:              auxiliary losses, name -> list of scalar tensors, summed into the loss.
     carry:            values handed from one layer to the next (RealFormer's scores, ...).
     layer:            index of the layer being run.
+    attn_mask:        (B|1, n_q, n_k) bool, True = may attend: an explicit pattern ANDed with
+                      causality and padding (XLNet's two streams, Transcormer's three streams
+                      run as one concatenated sequence). Mixers that honour it say so with
+                      ``takes_attn_mask``; None = no extra pattern.
     """
 
     causal: bool = False
@@ -33,6 +37,7 @@ class MixerContext:
     carry: dict = field(default_factory=dict)
     layer: int = 0
     n_layers: int = 1
+    attn_mask: Tensor | None = None
 
     def add_aux(self, name: str, value: Tensor, weight: float = 1.0) -> None:
         self.aux.setdefault(name, []).append(value * weight)

@@ -39,6 +39,22 @@ class Objective:
     def check_model(self, model) -> None:
         """Raise a ConfigError if the model cannot be trained with this objective."""
 
+    def attach(self, model) -> None:
+        """Add the objective's own trainable modules (ELECTRA's generator, a classification
+        head) to ``model`` as ``model.objective_modules``, so the one optimiser trains them and
+        checkpoints hold them. Called after ``check_model``, before the optimiser is built and
+        before weights are loaded. Default: nothing."""
+
+    @staticmethod
+    def add_modules(model, **modules) -> None:
+        """``model.objective_modules[name] = module`` on the model's device."""
+        from torch import nn
+        dev = next(model.parameters()).device
+        if not hasattr(model, "objective_modules"):
+            model.objective_modules = nn.ModuleDict()
+        for k, m in modules.items():
+            model.objective_modules[k] = m.to(dev)
+
     def __call__(self, model, batch: dict) -> tuple[Tensor, dict]:
         raise NotImplementedError
 
@@ -55,6 +71,36 @@ class Objective:
                     out["bits_per_char"] = loss / LN2 / stats["chars_per_token"]
                     out["bits_per_byte"] = loss / LN2 / stats["bytes_per_token"]
         return out
+
+
+def unwrap(model):
+    """The module under DDP / torch.compile wrappers."""
+    while hasattr(model, "module") or hasattr(model, "_orig_mod"):
+        model = getattr(model, "module", None) or model._orig_mod
+    return model
+
+
+def check_stream_masks(model, name: str) -> None:
+    """ConfigError unless ``model`` runs several attention streams as one sequence: an
+    encoder-style forward taking ``attn_mask`` whose every self-mixer honours it."""
+    import inspect
+    if getattr(type(model), "has_decoder", False) or getattr(model, "causal", True):
+        raise ConfigError("objective", name,
+                          why=f"{name} needs a bidirectional encoder (model.arch=bert) whose "
+                              f"attention masks it sets; this one is {type(model).__name__}"
+                              f"{', causal' if getattr(model, 'causal', False) else ''}")
+    if "attn_mask" not in inspect.signature(model.forward).parameters:
+        raise ConfigError("objective", name,
+                          why=f"{type(model).__name__} takes no attn_mask (two-stream support)")
+    bad = sorted({getattr(type(m), "registry_name", type(m).__name__)
+                  for m in model.modules()
+                  if any(c.__name__ == "Mixer" for c in type(m).__mro__)
+                  and not getattr(m, "cross", False)
+                  and not getattr(m, "takes_attn_mask", False)})
+    if bad:
+        raise ConfigError("model.mixer", bad[0], ["softmax", "mqa", "gqa"],
+                          why=f"{name} runs its attention streams through an explicit mask that "
+                              f"mixer {bad[0]!r} does not honour (no two-stream support)")
 
 
 def aux_of(out) -> Tensor:

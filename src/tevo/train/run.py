@@ -70,6 +70,7 @@ def load_run(run_dir, device: str = "cpu", checkpoint=None,
         raise InputError(f"no checkpoint in {run_dir / 'checkpoints'}")
     dev = resolve_device(device)
     model = MODELS.get(cfg.model.arch, "model.arch").obj(cfg.model)
+    objective.attach(model)                        # the objective's own modules (saved with it)
     load_weights(model, ck / WEIGHTS)
     model.to(dev).eval()
     return Run(run_dir, cfg, model, objective, data, ck, dev)

@@ -157,6 +157,11 @@ class Trainer:
         seed_everything(tc.seed)                     # the model's init does not depend on data
         self.model = MODELS.get(cfg.model.arch, "model.arch").obj(cfg.model).to(self.device)
         self.objective.check_model(self.model)
+        self.objective.attach(self.model)            # its own modules: trained and saved too
+        init = tc.extra.get("init_from")             # fine-tuning: start from these weights
+        if init and not resume:
+            from .checkpoint import load_weights
+            load_weights(self.model, init, strict=False)
         self.fsdp = d.enabled and tc.distributed == "fsdp"
         if self.fsdp and has_sparse_gradients(self.model):
             raise ConfigError("train.distributed", "fsdp", ["ddp"],

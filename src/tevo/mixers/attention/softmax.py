@@ -69,6 +69,14 @@ class MultiHeadAttentionBase(Mixer):
         self.v_proj = nn.Linear(d_model, kv_heads * head_dim, bias=bias)
         self.o_proj = nn.Linear(heads * head_dim, d_model, bias=bias if out_bias is None else out_bias)
 
+    @property
+    def takes_attn_mask(self) -> bool:
+        """Honours ``ctx.attn_mask``: true for the base forward and attend (a subclass that
+        replaces either must declare it itself)."""
+        t = type(self)
+        return t.forward is MultiHeadAttentionBase.forward \
+            and t.attend is MultiHeadAttentionBase.attend
+
     # -- shapes ---------------------------------------------------------------------------
     def _split(self, t: Tensor, h: int) -> Tensor:
         B, n, _ = t.shape
@@ -108,13 +116,16 @@ class MultiHeadAttentionBase(Mixer):
             bias = pos.bias(q, k, q_pos, k_pos)
         value_hook = pos is not None and "value" in pos.hooks
         if (self.impl == "sdpa" and ctx.causal and kpm is None and bias is None and n == n_k
-                and not value_hook and type(self).attend is MultiHeadAttentionBase.attend):
+                and not value_hook and ctx.attn_mask is None and type(self).attend is MultiHeadAttentionBase.attend):
             # the commonest training call: plain causal attention, no n × n mask to build
             p = self.dropout if self.training else 0.0
             y = ATTENTION_FUNCTIONS["sdpa"](q, self.repeat_kv(k), self.repeat_kv(v),
                                             scale=self.scale, dropout=p, is_causal=True)
             return self.o_proj(self._merge(y)), new_state
         mask = attention_mask(n, n_k, ctx.causal, kpm, x.device)
+        if ctx.attn_mask is not None:                              # (B|1, n, n_k) pattern
+            am = ctx.attn_mask[:, None].bool()
+            mask = am if mask is None else mask & am
         if value_hook and "value" not in self.supports.positions:
             raise ConfigError("position", type(pos).__name__,
                               why=f"its value hook needs the attention weights, which "
