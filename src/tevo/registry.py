@@ -9,6 +9,13 @@ and the conformance suite iterates.
 A component's capabilities (causal, bidirectional, cross, cache, which position hooks it takes)
 live on the class as ``supports`` so that config validation, tests and benchmarks read one
 source of truth.
+
+Options: a component's options are its constructor's keyword parameters, read through the MRO
+(an ``__init__(self, window=16, **kwargs)`` that hands ``kwargs`` to its base also takes the
+base's options, so a variant states only what it adds). Each option is typed (annotation or
+default) and may declare a range: ``options = {"window": Option(ge=1)}`` on the class (merged
+over the MRO, so a base class declares what its subclasses share) or ``options=`` on
+``register``. ``check_kwargs`` checks names, types and ranges before anything is built.
 """
 from __future__ import annotations
 
@@ -19,6 +26,8 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from .errors import ConfigError
+from .options import _MISSING as _NO_DEFAULT
+from .options import Option, check, param_hints  # noqa: F401  (Option: re-exported)
 
 KINDS = ("mixer", "position", "ffn", "activation", "norm", "residual", "init", "memory",
          "model", "objective", "task", "inference", "peft", "benchmark", "feature_map",
@@ -54,13 +63,15 @@ class Entry:
 class Registry:
     """A name → component table of one kind."""
 
-    def __init__(self, kind: str):
+    def __init__(self, kind: str, options: dict | None = None):
         self.kind = kind
         self._entries: dict[str, Entry] = {}
+        self.options = dict(options or {})   # ranges of options every entry of the kind shares
 
     def register(self, name: str, *, paper: str = "", equation: str = "",
                  complexity: tuple[str, str] = ("", ""), test: str = "",
-                 tiny: dict | None = None, **extra) -> Callable:
+                 tiny: dict | None = None, options: dict | None = None, **extra) -> Callable:
+        """``options``: {option: Option(...)} ranges of this entry (merged over the class's)."""
         def deco(obj):
             if name in self._entries and self._entries[name].obj is not obj:
                 raise ValueError(f"{self.kind} {name!r} is registered twice")
@@ -71,6 +82,9 @@ class Registry:
                 obj.registry_name = name
             except (AttributeError, TypeError):
                 pass
+            if options:
+                _ENTRY_OPTIONS[id(obj)] = {**_ENTRY_OPTIONS.get(id(obj), {}), **options}
+            _KIND_OPTIONS[id(obj)] = self.options
             return obj
         return deco
 
@@ -107,7 +121,7 @@ class Registry:
         constructor accepts them."""
         name, kwargs = split_spec(spec, field_name or self.kind)
         entry = self.get(name, field_name)
-        check_kwargs(entry.obj, kwargs, f"{field_name or self.kind}({name})")
+        kwargs = check_kwargs(entry.obj, kwargs, f"{field_name or self.kind}({name})")
         accepted = accepted_kwargs(entry.obj)
         all_kw = {k: v for k, v in dims.items() if accepted is None or k in accepted}
         all_kw.update(kwargs)
@@ -125,35 +139,126 @@ def split_spec(spec, field_name: str) -> tuple[str, dict]:
     raise ConfigError(field_name, spec, why="expected a name or a {name: ..., ...} mapping")
 
 
+_ENTRY_OPTIONS: dict[int, dict] = {}     # id(obj) -> options given to register()
+_KIND_OPTIONS: dict[int, dict] = {}      # id(obj) -> its registry's shared options
+
+
+def _own_init(klass):
+    """``klass``'s own __init__, or None when it inherits it."""
+    return vars(klass).get("__init__")
+
+
+def _terminal(klass) -> bool:
+    """A base whose constructor takes no component options (object, torch's Module, ...)."""
+    return klass is object or klass.__module__.split(".")[0] in ("torch", "builtins")
+
+
+def parameters(obj) -> dict | None:
+    """{name: inspect.Parameter} of the options a constructor takes, read through the MRO while
+    each ``__init__`` forwards ``**kwargs`` to its base; None when some constructor takes
+    arbitrary keywords that no base names."""
+    if not inspect.isclass(obj):
+        try:
+            sig = inspect.signature(obj)
+        except (TypeError, ValueError):
+            return None
+        if any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values()):
+            return None
+        return {n: p for n, p in sig.parameters.items()
+                if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
+    out: dict = {}
+    for klass in obj.__mro__:
+        init = _own_init(klass)
+        if init is None:
+            continue
+        if _terminal(klass):
+            return out
+        try:
+            sig = inspect.signature(init)
+        except (TypeError, ValueError):
+            return None
+        for n, p in list(sig.parameters.items())[1:]:          # skip self
+            if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
+                out.setdefault(n, p)
+        if not any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values()):
+            return out
+    return out
+
+
 def accepted_kwargs(obj) -> set[str] | None:
-    """Keyword names a constructor takes (None: it takes **kwargs)."""
-    target = obj.__init__ if inspect.isclass(obj) else obj
-    try:
-        sig = inspect.signature(target)
-    except (TypeError, ValueError):
-        return None
-    if any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values()):
-        return None
-    return {n for n in sig.parameters if n != "self"}
+    """Keyword names a constructor takes, through the MRO (None: it takes any keyword)."""
+    params = parameters(obj)
+    return None if params is None else set(params)
 
 
-def check_kwargs(obj, kwargs: dict, where: str) -> None:
-    acc = accepted_kwargs(obj)
-    if acc is None:
-        return
+def option_specs(obj) -> dict:
+    """{option: Option} declared for ``obj``: its registry's shared options, then ``options``
+    class attributes merged from the most basic class to ``obj`` (a subclass's declaration
+    refines its base's), then the registry entry's ``options=``."""
+    out: dict = dict(_KIND_OPTIONS.get(id(obj), {}))
+    for klass in reversed(getattr(obj, "__mro__", ())):
+        own = vars(klass).get("options")
+        if isinstance(own, dict):
+            for k, v in own.items():
+                out[k] = out[k].merged(v) if k in out else v
+    for k, v in _ENTRY_OPTIONS.get(id(obj), {}).items():
+        out[k] = out[k].merged(v) if k in out else v
+    return out
+
+
+def _annotations(obj) -> dict:
+    """Resolved annotations of the constructor parameters, through the MRO."""
+    if not inspect.isclass(obj):
+        return param_hints(obj)
+    out: dict = {}
+    for klass in obj.__mro__:
+        init = _own_init(klass)
+        if init is None:
+            continue
+        if _terminal(klass):
+            break
+        for k, v in param_hints(init).items():
+            out.setdefault(k, v)
+    return out
+
+
+def check_kwargs(obj, kwargs: dict, where: str) -> dict:
+    """Check option names, types and declared ranges; return the options with values coerced
+    (4.0 -> 4 for an integer option, "1e-3" -> 0.001 for a float one)."""
+    params = parameters(obj)
+    if params is None:
+        return dict(kwargs)
     for k in kwargs:
-        if k not in acc:
-            raise ConfigError(where, k, sorted(acc), why=f"unknown option {k!r}")
+        if k not in params:
+            raise ConfigError(where, k, sorted(params), why=f"unknown option {k!r}")
+    specs, hints = option_specs(obj), _annotations(obj)
+    out = {}
+    for k, v in kwargs.items():
+        p = params[k]
+        default = p.default if p.default is not p.empty else _NO_DEFAULT
+        out[k] = check(f"{where}.{k}", v, hints.get(k), specs.get(k), default)
+    return out
 
 
-MIXERS = Registry("mixer")
-POSITIONS = Registry("position")
-FFNS = Registry("ffn")
+
+# Options whose meaning (and so range) every component of a kind shares; a component refines
+# them or adds its own with ``options`` (class attribute) or ``register(..., options=...)``.
+_COUNT = Option(ge=1)
+_DROPOUT = Option(ge=0, lt=1)
+_WIDTH = Option(gt=0, doc="a multiple of d_model")
+_EPS = Option(gt=0, doc="a stabiliser added to a denominator")
+MIXERS = Registry("mixer", options={"heads": _COUNT, "head_dim": _COUNT, "dropout": _DROPOUT,
+                                    "mult": _WIDTH, "mlp_mult": _WIDTH, "chunk": _COUNT,
+                                    "eps": _EPS})
+POSITIONS = Registry("position", options={"heads": _COUNT, "head_dim": _COUNT, "hidden": _COUNT,
+                                          "init_std": Option(ge=0), "freq_std": Option(ge=0)})
+FFNS = Registry("ffn", options={"heads": _COUNT, "dropout": _DROPOUT, "mult": _WIDTH,
+                                "multiple_of": _COUNT})
 ACTIVATIONS = Registry("activation")
-NORMS = Registry("norm")
-RESIDUALS = Registry("residual")
+NORMS = Registry("norm", options={"eps": _EPS})
+RESIDUALS = Registry("residual", options={"dropout": _DROPOUT})
 INITS = Registry("init")
-MEMORIES = Registry("memory")
+MEMORIES = Registry("memory", options={"dropout": _DROPOUT})
 MODELS = Registry("model")
 OBJECTIVES = Registry("objective")
 TASKS = Registry("task")

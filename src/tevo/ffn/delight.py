@@ -22,7 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import ConfigError
-from ..registry import FFNS
+from ..registry import FFNS, Option
 from .activations import activation as build_activation
 
 
@@ -105,6 +105,8 @@ def dextra_schedule(d_in: int, d_out: int, width_mult: float, depth: int,
     tiny={"depth": 4, "max_groups": 4})
 class DExTra(nn.Module):
     """DExTra expand–reduce stack of group linear transforms with input mixing."""
+
+    options = {"width_mult": Option(gt=0), "depth": Option(ge=1), "max_groups": Option(ge=1)}
 
     def __init__(self, d_model: int, width_mult: float = 2.0, depth: int = 4,
                  max_groups: int = 8, d_out: int | None = None, activation: str = "gelu",

@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import ConfigError
-from ..registry import FFNS
+from ..registry import FFNS, Option
 
 QUERY_NORMS = ("batchnorm", "layernorm", "none")
 
@@ -49,6 +49,8 @@ QUERY_NORMS = ("batchnorm", "layernorm", "none")
     tiny={"n_keys": 8, "heads": 2, "k_dim": 8, "topk": 4})
 class ProductKeyMemory(nn.Module):
     """Product-key memory layer: exact top-k over N = n_keys² keys via two half-key searches."""
+
+    options = {"n_keys": Option(ge=1), "k_dim": Option(ge=2), "topk": Option(ge=1)}
 
     def __init__(self, d_model: int, n_keys: int = 512, heads: int = 4, k_dim: int = 256,
                  topk: int = 32, query_norm: str = "batchnorm", sparse: bool = False,
@@ -108,10 +110,18 @@ class ProductKeyMemory(nn.Module):
         idx = i1.gather(-1, best // k) * nk + i2.gather(-1, best % k)     # key (i, j) → i·√N + j
         return scores, idx
 
+    def _normalise(self, q: Tensor) -> Tensor:                            # (T, H·d_q)
+        bn = self.query_bn
+        if isinstance(bn, nn.BatchNorm1d) and bn.training and q.shape[0] < 2:
+            # one token has no batch statistics: normalise it with the running ones (as in eval)
+            return F.batch_norm(q, bn.running_mean, bn.running_var, bn.weight, bn.bias, False,
+                                0.0, bn.eps)
+        return bn(q)
+
     def forward(self, x: Tensor) -> Tensor:                                # (B, n, d) -> (B, n, d)
         shape = x.shape
         xt = x.reshape(-1, shape[-1])                                      # (T, d)
-        q = self.query_bn(self.query(xt)).view(-1, self.heads, self.k_dim)  # (T, H, d_q)
+        q = self._normalise(self.query(xt)).view(-1, self.heads, self.k_dim)  # (T, H, d_q)
         scores, idx = self.search(q)
         w = scores.float().softmax(-1)                                     # (T, H, k)
         T = xt.shape[0]

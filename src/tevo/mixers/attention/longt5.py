@@ -25,7 +25,7 @@ from ...errors import ConfigError
 from ...nn.blocksparse import (all_queries_table, band_tables, index_offset, merge_partials,
                                tile_attention)
 from ...nn.context import MixerContext
-from ...registry import MIXERS
+from ...registry import MIXERS, Option
 from ..base import Supports
 from .pattern import PatternAttention
 
@@ -59,6 +59,8 @@ def t5_relative_bucket(rel: Tensor, bidirectional: bool = True, num_buckets: int
     tiny={"heads": 2, "radius": 2, "global_block": 3})
 class LongT5TGlobalAttention(PatternAttention):
     """Local attention (radius r) plus transient global tokens summarising blocks of k tokens."""
+
+    options = {"num_buckets": Option(ge=2), "max_distance": Option(ge=2), "norm_eps": Option(gt=0)}
 
     supports = Supports(causal=False, bidirectional=True, cross=False, cache=False,
                         positions=frozenset({"input", "qk", "bias"}))

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ...nn.context import MixerContext
-from ...registry import MIXERS
+from ...registry import MIXERS, Option
 from ..base import Supports
 from .softmax import MultiHeadAttentionBase
 
@@ -38,6 +38,8 @@ from .softmax import MultiHeadAttentionBase
     tiny={"heads": 2, "n_persistent": 6})
 class PersistentMemoryAttention(MultiHeadAttentionBase):
     """Multi-head self-attention over [token keys ; N learned persistent key/value pairs]."""
+
+    options = {"n_persistent": Option(ge=1)}
 
     supports = Supports(causal=True, bidirectional=True, cross=False, cache=True,
                         positions=frozenset({"input", "qk", "bias"}))

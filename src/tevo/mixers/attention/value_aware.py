@@ -26,7 +26,7 @@ from ...errors import ConfigError
 from ...nn.attention import eager_attention
 from ...nn.context import MixerContext
 from ...nn.masks import fix_empty_rows
-from ...registry import MIXERS
+from ...registry import MIXERS, Option
 from .softmax import MultiHeadAttentionBase
 
 
@@ -70,6 +70,8 @@ def value_aware_weights(o: Tensor, v: Tensor, allowed: Tensor, r: int, ridge: fl
     tiny={"heads": 2, "keys": 4})
 class ValueAwareAttention(MultiHeadAttentionBase):
     """r-sparse attention whose keys and weights minimise the output error (greedy OMP)."""
+
+    options = {"keys": Option(ge=1), "ridge": Option(gt=0, doc="a ridge > 0 keeps the refit solvable")}
 
     def __init__(self, d_model: int, heads: int = 4, kv_heads: int | None = None,
                  head_dim: int | None = None, bias: bool = True, cross: bool = False,
