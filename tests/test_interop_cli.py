@@ -87,10 +87,18 @@ def test_missing_directory_is_a_clear_error(tmp_path, capsys):
     assert rc == 2 and "config.json" in out
 
 
-@pytest.mark.parametrize("model_type", ["no_such_model", "mamba"])
+def _known_to_transformers_only() -> str:
+    from tevo.interop.hf import supported_model_types
+    return next(t for t in ("whisper", "wav2vec2", "speecht5", "clap", "musicgen")
+                if t not in supported_model_types())
+
+
+@pytest.mark.parametrize("model_type", ["no_such_model", "transformers-only"])
 def test_unregistered_model_type_is_one_line(tmp_path, capsys, model_type):
     """A config.json whose model_type transformers does not know (or tevo has no family for) is
     refused in one line naming it, before any weights are read — not a traceback."""
+    if model_type == "transformers-only":
+        model_type = _known_to_transformers_only()
     (tmp_path / "hf").mkdir()
     (tmp_path / "hf" / "config.json").write_text(json.dumps({"model_type": model_type}))
     rc, out = convert(capsys, "--from-hf", tmp_path / "hf", "--out", tmp_path / "run")

@@ -129,3 +129,28 @@ def test_generation_runs_past_max_position_embeddings_as_hf(case):
     from tevo.inference.generate import generate
     out = generate(model, ids, 14, greedy=True, use_cache=False, attention_mask=mask)
     assert torch.equal(out[:, ids.shape[1]:], want)
+
+
+@pytest.mark.parametrize("max_window_layers,n_layers", [(1, 3), (0, 2)],
+                         ids=["mixed-layers", "all-sliding"])
+def test_qwen2_sliding_window_layers(max_window_layers, n_layers):
+    """Qwen2 with use_sliding_window: the layers typed "sliding_attention" become ``local``
+    (biased q/k/v, unbiased output), the others stay full; logits and greedy tokens match, and
+    the documented override mixer.impl=eager reaches every layer (was refused outright)."""
+    hf = make("qwen2", use_sliding_window=True, sliding_window=5,
+              max_window_layers=max_window_layers, num_hidden_layers=n_layers)
+    model = from_hf(hf)
+    kinds = [type(b.sublayers[0]).__name__ for b in model.blocks.blocks]
+    assert kinds == ["SoftmaxAttention" if t == "full_attention" else "LocalAttention"
+                     for t in hf.config.layer_types]
+    assert check_equivalence(hf, model, batch=3, n=16)["max_abs_diff"] <= TOL
+    ids, mask = random_batch(V, batch=3, n=8, left=True, seed=3)
+    assert torch.equal(greedy_tevo(model, ids, mask, 12), greedy_hf(hf, ids, mask, 12))
+    eager = from_hf(hf, overrides=["mixer.impl=eager"])
+    assert all(b.sublayers[0].impl == "eager" for b in eager.blocks.blocks)
+    assert check_equivalence(hf, eager, batch=3, n=16)["max_abs_diff"] <= TOL
+
+
+def test_mistral_documented_eager_override():
+    model = from_hf(make("mistral", sliding_window=5), overrides=["mixer.impl=eager"])
+    assert model.blocks.blocks[0].sublayers[0].impl == "eager"

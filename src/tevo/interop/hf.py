@@ -372,6 +372,11 @@ def hf_to_tevo(source, overrides: list[str] | None = None) -> Conversion:
     data = fam.config(hf_cfg)
     w = Weights(sd, fam.prefixes)
     fam.refine(hf_cfg, w, data)
+    # a mixer override also reaches the per-layer mixers (Qwen2's sliding-window layers)
+    mixer_ov = [o[len("mixer."):] for o in overrides or [] if o.startswith("mixer.")]
+    overrides = list(overrides or []) + [
+        f"layers.{key}.mixer.{o}" for key, over in (data.get("layers") or {}).items()
+        if isinstance(over, dict) and isinstance(over.get("mixer"), dict) for o in mixer_ov]
     cfg = model_config(data, overrides)
     tsd = fam.weights(hf_cfg, w, cfg)
     return Conversion(cfg, tsd, fam, hf_cfg, w)

@@ -73,7 +73,18 @@ class LlamaLike(HFFamily):
             mixer["head_dim"] = hd
         if not self.o_bias_follows:
             mixer["out_bias"] = False
-        mixer = sliding_window_mixer(c, mixer, self.window(c))
+        window = self.window(c)
+        layers = {}
+        if isinstance(window, list):            # per-layer windows (None: full attention)
+            ws = set(window)
+            if len(ws) == 1:
+                window = window[0]
+            else:
+                for w in sorted(ws - {None}):
+                    key = ",".join(str(i) for i, x in enumerate(window) if x == w)
+                    layers[key] = {"mixer": sliding_window_mixer(c, dict(mixer), w)}
+                window = None
+        mixer = sliding_window_mixer(c, mixer, window)
         mlp_bias = bool(getattr(c, self.mlp_bias_option, False)) if self.mlp_bias_option else False
         ffn = {"name": "swiglu" if act == "silu" else "glu", "d_ff": c.intermediate_size,
                "bias": mlp_bias}
@@ -88,6 +99,7 @@ class LlamaLike(HFFamily):
             "tie_embeddings": bool(getattr(c, "tie_word_embeddings", False)),
             "pad_id": c.pad_token_id,
             "extra": {"hf": {"model_type": c.model_type, **hf_tokens(c)}},
+            **({"layers": layers} if layers else {}),
         }
 
     def weights(self, c, w: Weights, cfg: ModelConfig) -> dict[str, Tensor]:
@@ -224,10 +236,18 @@ class Qwen2(LlamaLike):
     mlp_bias_option = None
 
     def window(self, c):
-        if not getattr(c, "use_sliding_window", False):
+        """Per-layer windows: layer i slides iff ``layer_types[i] == "sliding_attention"``
+        (transformers 5; derived from ``use_sliding_window`` and ``max_window_layers`` as its
+        config does when absent); the others are full attention."""
+        w = getattr(c, "sliding_window", None) if getattr(c, "use_sliding_window", False) \
+            else None
+        if w is None:
             return None
-        types = getattr(c, "layer_types", None) or []
-        if any(t != "sliding_attention" for t in types):
-            raise UnsupportedHFOption(c.model_type, "layer_types", "mixed",
-                                      why="per-layer sliding windows are not mapped yet")
-        return c.sliding_window
+        types = getattr(c, "layer_types", None) or [
+            "sliding_attention" if i >= getattr(c, "max_window_layers", 0) else "full_attention"
+            for i in range(c.num_hidden_layers)]
+        bad = sorted(set(types) - {"sliding_attention", "full_attention"})
+        if bad:
+            raise UnsupportedHFOption(c.model_type, "layer_types", bad[0],
+                                      "sliding_attention, full_attention")
+        return [int(w) if t == "sliding_attention" else None for t in types]

@@ -12,13 +12,15 @@ Positions are the context's absolute positions, so padding never shifts a window
 Complexity: time O(n·w·d), memory O(n·w) (blocks of w queries against their 2–3 key blocks;
 ``tevo.nn.blocksparse``); a decode step costs O(w·d) and the cache holds the last
 w − 1 (sliding) or (look_backward + 1)·w − 1 (blocked) keys, whatever the length generated.
+``impl`` ("sdpa" | "eager") picks the kernel when every key lies in the window (n + cache ≤ w);
+``out_bias`` gives the output projection its own bias setting (Qwen2: biased q/k/v, unbiased o).
 """
 from __future__ import annotations
 
 from torch import Tensor
 
 from ...errors import ConfigError
-from ...nn.attention import sdpa_attention
+from ...nn.attention import ATTENTION_FUNCTIONS
 from ...nn.blocksparse import band_tables, index_offset, merge_partials, tile_attention
 from ...nn.context import MixerContext
 from ...registry import MIXERS
@@ -44,8 +46,13 @@ class LocalAttention(PatternAttention):
                  pattern: str = "sliding", look_backward: int = 1,
                  look_forward: int | None = None, kv_heads: int | None = None,
                  head_dim: int | None = None, bias: bool = True, dropout: float = 0.0,
-                 scale: float | None = None, causal: bool = True):
-        super().__init__(d_model, heads, kv_heads, head_dim, bias, dropout, scale, causal)
+                 scale: float | None = None, causal: bool = True,
+                 out_bias: bool | None = None, impl: str = "sdpa"):
+        super().__init__(d_model, heads, kv_heads, head_dim, bias, dropout, scale, causal,
+                         out_bias)
+        if impl not in ATTENTION_FUNCTIONS:
+            raise ConfigError("mixer.impl", impl, ATTENTION_FUNCTIONS)
+        self.impl = impl            # the kernel of the all-keys-in-window case
         if pattern not in PATTERNS:
             raise ConfigError("mixer.pattern", pattern, PATTERNS)
         if int(window) < 1:
@@ -84,7 +91,8 @@ class LocalAttention(PatternAttention):
             pos = ctx.pos
             bias = (pos.bias(q, k, q_pos, k_pos) if pos is not None and "bias" in pos.hooks
                     else None)
-            return sdpa_attention(q, k, v, mask, bias, self.scale, self.attn_dropout)
+            return ATTENTION_FUNCTIONS[self.impl](q, k, v, mask, bias, self.scale,
+                                                  self.attn_dropout)
         if self.pattern == "sliding":
             # blocks of w queries see the w−1 keys before them (and after, bidirectionally)
             q_idx, k_idx = band_tables(n, m, key_offset, min(w, n), w - 1,

@@ -36,9 +36,10 @@ class PatternAttention(MultiHeadAttentionBase):
 
     def __init__(self, d_model: int, heads: int = 4, kv_heads: int | None = None,
                  head_dim: int | None = None, bias: bool = True, dropout: float = 0.0,
-                 scale: float | None = None, causal: bool = True):
+                 scale: float | None = None, causal: bool = True,
+                 out_bias: bool | None = None):
         super().__init__(d_model, heads, kv_heads, head_dim, bias, dropout, impl="eager",
-                         cross=False, scale=scale)
+                         cross=False, scale=scale, out_bias=out_bias)
         self.causal = causal
 
     # -- to override ------------------------------------------------------------------------
