@@ -1,6 +1,8 @@
 """Transformer-XL (transformers <= 4.37.2 only): import gives HF's log-probabilities over
 consecutive segments, the later ones read the segment memory, and the memories themselves
-agree; unsupported adaptive-softmax options are errors naming the option."""
+agree; unsupported adaptive-softmax options are errors naming the option. Marked
+``legacy_hf``: where the installed transformers has no TransfoXL, these run in the side
+environment that CI builds (tests/test_interop_legacy.py)."""
 import warnings
 
 import pytest
@@ -8,8 +10,9 @@ import torch
 from tiny import hf_transfo_xl
 
 
-pytestmark = pytest.mark.skipif(hf_transfo_xl() is None,
-                                reason="TransfoXL needs transformers <= 4.37.2")
+pytestmark = [pytest.mark.legacy_hf,
+              pytest.mark.skipif(hf_transfo_xl() is None,
+                                 reason="TransfoXL needs transformers <= 4.37.2")]
 
 V, D, M, N, B = 53, 16, 8, 8, 2
 TOL = 1e-5

@@ -69,6 +69,7 @@ def test_rel_shift_is_the_papers_index_map():
             assert out[i, j] == x[i, j + n_q - 1 - i]
 
 
+@pytest.mark.legacy_hf
 @pytest.mark.skipif(hf_transfo_xl() is None, reason="TransfoXL needs transformers <= 4.37.2")
 def test_xl_matches_hf_transfo_xl_attention_probabilities():
     mod = hf_transfo_xl()
