@@ -19,6 +19,9 @@ def _grad_check(module, y):
 
 
 def _call_ffn(f, x):
+    if getattr(f, "stateful", False):                      # y, state = ffn(x, ctx, state)
+        from tevo.nn.context import MixerContext
+        return f(x, MixerContext())[0]
     if getattr(f, "uses_ctx", False):
         from tevo.nn.context import MixerContext
         return f(x, MixerContext())

@@ -3,6 +3,8 @@
 A block is a sequence of sublayers given by a layout string, each wrapped by its residual
 scheme: ``"a f"`` (mixer then FFN, the Transformer block), ``"a c f"`` (decoder with
 cross-attention), ``"p"`` (parallel mixer + FFN on one norm, GPT-J), ``"f"`` or ``"a"`` alone.
+An FFN with ``stateful = True`` (RWKV's channel mix reads the previous token) is called like a
+mixer, ``y, state = ffn(h, ctx, state)``, and its state is part of the block's.
 """
 from __future__ import annotations
 
@@ -58,6 +60,10 @@ class Block(nn.Module):
             elif t == "p":
                 sub = ParallelMixerFFN(build_mixer(spec["mixer"], d, cfg, causal, layer, n_layers),
                                        build_ffn(spec["ffn"], d, cfg, layer, n_layers))
+                if getattr(sub.ffn, "stateful", False):
+                    from ..errors import ConfigError
+                    raise ConfigError("model.layout", "p", why="a stateful FFN (token shift) "
+                                      "needs its own sublayer: use 'a f'")
             else:
                 raise ValueError(t)
             self.sublayers.append(sub)
@@ -77,6 +83,8 @@ class Block(nn.Module):
                 st[i] = sub.init_state(batch, device, dtype)
             elif t == "p":
                 st[i] = sub.mixer.init_state(batch, device, dtype)
+            elif getattr(sub, "stateful", False):          # FFN with a state (token shift)
+                st[i] = sub.init_state(batch, device, dtype)
         return st
 
     def forward(self, x: Tensor, ctx: MixerContext, state: dict | None = None):
@@ -87,7 +95,7 @@ class Block(nn.Module):
             if layer_pos is not ctx.pos:
                 ctx = ctx.replace(pos=layer_pos)
         for i, (t, sub, res) in enumerate(zip(self.layout, self.sublayers, self.residuals)):
-            if t in ("a", "c", "p"):
+            if t in ("a", "c", "p") or getattr(sub, "stateful", False):
                 sctx = ctx.replace(causal=self.causal) if t != "c" else ctx
                 s_in = None if state is None else state.get(i)
                 out = {}
