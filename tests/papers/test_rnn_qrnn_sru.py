@@ -113,8 +113,9 @@ def test_sru_equals_loop_of_the_equations(peephole):
         forms_agree(m, ["scan", "recurrent", "loop"], x.detach(), mask)
 
 
-def test_srupp_equals_attention_then_sru_loop():
-    m = make_mixer("srupp", True, proj=8, heads=2)
+@pytest.mark.parametrize("window", [4, 0])
+def test_srupp_equals_attention_then_sru_loop(window):
+    m = make_mixer("srupp", True, proj=8, heads=2, window=window)
     _perturb(m)
     x, mask = left_padded(n=10)
     x = x.requires_grad_(True)
@@ -131,8 +132,9 @@ def test_srupp_equals_attention_then_sru_loop():
         for h in range(H):
             sl = slice(h * e, (h + 1) * e)
             for s in range(len(idx)):                                 # causal softmax row
-                w = torch.softmax(Q[s, sl] @ K[:s + 1, sl].T / math.sqrt(e), -1)
-                A[s, sl] = w @ V[:s + 1, sl]
+                lo = max(0, s - window + 1) if window else 0          # the last w keys
+                w = torch.softmax(Q[s, sl] @ K[lo:s + 1, sl].T / math.sqrt(e), -1)
+                A[s, sl] = w @ V[lo:s + 1, sl]
         Z = F.layer_norm(Q + m.alpha * A, (8,), m.norm.weight, m.norm.bias, m.norm.eps)
         U[b, idx] = Z @ m.o_proj.weight.T                             # U = W^o LN(Q + αA)
     y_ref, c_ref = _sru_loop(U, x, m.v, m.bias, mask)
@@ -149,12 +151,14 @@ def test_sru_decoding_continues_the_state(name):
     y_inc, y_full, st = prefill_then_steps(m, x, mask)
     assert_rel_close(y_inc[mask], y_full[mask], 1e-5)
     assert st["c"].shape == (2, 16)
+    if name == "srupp":                       # keys/values of the last window − 1 tokens only
+        assert st["k"].shape == (2, 2, 4, 4) and st["v"].shape == (2, 2, 4, 4)
 
 
 @pytest.mark.parametrize("name,bad", [("qrnn", {"window": 0}), ("qrnn", {"pooling": "o"}),
                                       ("sru", {"form": "scan"}), ("sru", {"form": "fft"}),
                                       ("srupp", {"proj": -4}), ("srupp", {"heads": 3}),
-                                      ("srupp", {"heads": 0})])
+                                      ("srupp", {"heads": 0}), ("srupp", {"window": -1})])
 def test_bad_options_are_one_line_config_errors(name, bad):
     with pytest.raises(ConfigError) as e:
         make_mixer(name, True, **bad)

@@ -21,8 +21,10 @@ it is not a linear recurrence: it runs as a sequential elementwise loop over t �
 CUDA kernel does, parallel over batch and channels. With ``peephole: false`` (the 2017 arXiv
 form) f, r depend on x only and c_t is a linear recurrence run by ``parallel_scan``
 (``form: scan``, O(log n) depth) or the step loop (``form: recurrent``).
-Decoding: SRU's state is c_t (O(d), fixed); SRU++ also keeps its attention's keys and values (as
-in the paper: its attention sees the whole prefix, so that cache grows with n).
+Decoding: SRU's state is c_t (O(d), fixed). SRU++ also keeps its attention's keys and values of
+the last ``window`` − 1 tokens: its attention sees the keys of the last ``window`` tokens (the
+paper's LMs attend within a segment plus a memory of the previous one, a bounded span), so the
+state is fixed-size; ``window: 0`` attends to the whole prefix (then the cache grows with n).
 Padding: a padded step keeps c and outputs 0 (the reference code's ``mask_pad``).
 Initialisation: b_f = 0, b_r = ``highway_bias`` (the reference code's SRU++ default −2),
 v ~ U(−a, a) with a = ``weight_c_init``/sqrt(d); α = 0 (every SRU++ layer starts as an SRU
@@ -147,23 +149,28 @@ class SRU(Mixer):
 @MIXERS.register(
     "srupp", paper="When Attention Meets Fast Recurrence: Training Language Models with Reduced "
                    "Compute (SRU++, Lei, 2021)",
-    equation="eq. 1–2: Q = W^q x, K = W^k Q, V = W^v Q, U = W^o LN(Q + α softmax(QKᵀ/√d_h) V); "
-             "then SRU eqs. 3–6 with U",
-    complexity=("O(n² d' + n d d') attention + O(n d) recurrence", "O(n² + n d); "
-                "decode O(n d') K/V + O(d)"),
+    equation="eq. 1–2: Q = W^q x, K = W^k Q, V = W^v Q, U = W^o LN(Q + α softmax(QKᵀ/√d_h) V) "
+             "over the last w keys; then SRU eqs. 3–6 with U",
+    complexity=("O(n w d' + n d d') attention + O(n d) recurrence", "O(n w + n d); "
+                "decode O(w d') K/V + O(d)"),
     test="tests/papers/test_rnn_qrnn_sru.py::test_srupp_equals_attention_then_sru_loop",
-    tiny={"proj": 8, "heads": 2})
+    tiny={"proj": 8, "heads": 2, "window": 5})
 class SRUpp(SRU):
     """SRU++: SRU whose input projection is a small causal self-attention (Q + α·Attn, LN)."""
 
     supports = Supports(causal=True, bidirectional=False, cross=False, cache=True,
                         positions=frozenset({"input"}))
 
-    def __init__(self, d_model: int, proj: int = 0, heads: int = 1, peephole: bool = True,
-                 form: str = "auto", highway_bias: float = -2.0, weight_c_init: float = 1.0):
+    def __init__(self, d_model: int, proj: int = 0, heads: int = 1, window: int = 1024,
+                 peephole: bool = True, form: str = "auto", highway_bias: float = -2.0,
+                 weight_c_init: float = 1.0):
         proj = int(d_model) // 4 if proj == 0 else proj
         self.proj = positive("mixer.proj", proj)
         self.heads = positive("mixer.heads", heads)
+        if isinstance(window, bool) or not isinstance(window, int) or window < 0:
+            raise ConfigError("mixer.window", window,
+                              why="must be an integer >= 0 (0 = attend to the whole prefix)")
+        self.window = int(window)
         if self.proj % self.heads:
             raise ConfigError("mixer.heads", heads,
                               why=f"proj={self.proj} is not divisible by heads={heads}")
@@ -188,9 +195,15 @@ class SRUpp(SRU):
         if state is not None and "k" in state:
             kh = torch.cat([state["k"], kh], 2)
             vh = torch.cat([state["v"], vh], 2)
-        extra = {} if state is None else {"k": kh, "v": vh}
         n_k = kh.shape[2]
-        mask = attention_mask(n, n_k, ctx.causal, ctx.key_padding_mask, x.device)
+        kpm = None if ctx.key_padding_mask is None else ctx.key_padding_mask[:, -n_k:]
+        mask = attention_mask(n, n_k, ctx.causal, kpm, x.device)
+        if self.window:                                           # keys of the last w tokens
+            i = torch.arange(n, device=x.device)[:, None] + (n_k - n)
+            band = (i - torch.arange(n_k, device=x.device)[None, :]) < self.window
+            mask = band[None, None] if mask is None else mask & band
+        keep = n_k if not self.window else min(n_k, self.window - 1)
+        extra = {} if state is None else {"k": kh[:, :, n_k - keep:], "v": vh[:, :, n_k - keep:]}
         a = sdpa_attention(qh, kh, vh, mask=mask)                 # (B, H, n, e)
         a = a.transpose(1, 2).reshape(B, n, self.proj)
         return self.o_proj(self.norm(q + self.alpha * a)), extra
