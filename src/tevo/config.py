@@ -19,6 +19,7 @@ from typing import Any
 import yaml
 
 from .errors import ConfigError
+from .options import check_fields, option
 
 PRESET_DIR = Path(__file__).parent / "configs"
 
@@ -26,11 +27,11 @@ PRESET_DIR = Path(__file__).parent / "configs"
 @dataclass
 class ModelConfig:
     arch: str = "gpt"                     # MODELS registry: gpt | bert | transformer | ...
-    vocab_size: int = 256
-    d_model: int = 128
-    n_layers: int = 4
-    n_dec_layers: int | None = None        # encoder–decoder: decoder depth (default n_layers)
-    max_len: int = 256                     # longest sequence (learned tables, presets)
+    vocab_size: int = option(256, ge=1)
+    d_model: int = option(128, ge=1)
+    n_layers: int = option(4, ge=1)
+    n_dec_layers: int | None = option(None, ge=1)   # encoder–decoder depth (default n_layers)
+    max_len: int = option(256, ge=1)  # longest sequence (learned tables, presets)
     mixer: Any = field(default_factory=lambda: {"name": "softmax", "heads": 4})
     cross: Any = None                      # cross-attention mixer (encoder–decoder)
     ffn: Any = field(default_factory=lambda: {"name": "mlp", "mult": 4, "activation": "gelu"})
@@ -38,16 +39,16 @@ class ModelConfig:
     residual: Any = "pre_ln"
     position: Any = "learned"
     layout: str = "a f"                    # sublayers of a block: a=mixer, c=cross, f=ffn
-    dropout: float = 0.0
+    dropout: float = option(0.0, ge=0, lt=1)
     tie_embeddings: bool = True
     embedding_norm: bool = False           # LayerNorm after the embeddings (BERT, BLOOM)
     final_norm: bool | None = None         # default: what the residual scheme needs
     causal: bool | None = None             # default: from the architecture
     layers: dict = field(default_factory=dict)
     init: Any = None                       # INITS registry spec applied after building
-    init_std: float = 0.02
-    n_segments: int = 0                    # segment (token type) embeddings, BERT: 2
-    pad_id: int | None = None
+    init_std: float = option(0.02, ge=0)
+    n_segments: int = option(0, ge=0)  # segment (token type) embeddings, BERT: 2
+    pad_id: int | None = option(None, ge=0)
     cache: bool | None = None              # True: require an incremental form in every layer
     memory: Any = None                     # MEMORIES registry spec wrapping the stack
     head_bias: bool = False
@@ -55,8 +56,8 @@ class ModelConfig:
     # image models (arch vit / metaformer); the data sets image_size, channels and vocab_size
     # (= the number of classes) when the trainer builds the model
     image_size: Any = None                 # [height, width] or an int
-    patch_size: int = 4                    # square patches, must divide the image size
-    channels: int = 3
+    patch_size: int = option(4, ge=1)  # square patches, must divide the image size
+    channels: int = option(3, ge=1)
     pool: str | None = None                # cls ([class] token) | mean; None: the arch's own
     stages: Any = None                     # hierarchical: [{n_layers, d_model, mixer?, ffn?}, ...]
     extra: dict = field(default_factory=dict)  # architecture-specific options
@@ -67,44 +68,44 @@ class DataConfig:
     corpus: str = "shakespeare"            # CORPORA registry name or a path
     path: str | None = None
     tokenizer: str = "bytes"               # bytes | chars | bpe
-    vocab_size: int | None = None          # bpe: target vocabulary
-    seq_len: int = 256
+    vocab_size: int | None = option(None, ge=2)  # bpe: target vocabulary
+    seq_len: int = option(256, ge=1)
     task: Any = None                       # TASKS registry spec (synthetic tasks)
     extra: dict = field(default_factory=dict)
 
 
 @dataclass
 class TrainConfig:
-    steps: int = 1000
-    batch_size: int = 32
-    grad_accum: int = 1
-    lr: float = 3e-3
-    min_lr_ratio: float = 0.1
-    warmup: int = 50
-    schedule: str = "cosine"               # cosine | linear | constant
-    weight_decay: float = 0.1
+    steps: int = option(1000, ge=1)
+    batch_size: int = option(32, ge=1)
+    grad_accum: int = option(1, ge=1)
+    lr: float = option(3e-3, gt=0)
+    min_lr_ratio: float = option(0.1, ge=0, le=1, doc="the final learning rate over the peak")
+    warmup: int = option(50, ge=0)
+    schedule: str = option("cosine", choices=("cosine", "linear", "constant"))
+    weight_decay: float = option(0.1, ge=0)
     betas: tuple = (0.9, 0.95)
-    adam_eps: float = 1e-8                 # AdamW's ε: the floor under √v in the normalised update
-    grad_clip: float = 1.0
-    precision: str = "fp32"                # fp32 | bf16 | auto (bf16 where the hardware has it)
+    adam_eps: float = option(1e-8, gt=0, lt=1)     # AdamW's ε: the floor under √v
+    grad_clip: float = option(1.0, ge=0, doc="0 = no clipping")
+    precision: str = option("fp32", choices=("fp32", "bf16", "auto"))  # auto: bf16 where native
     compile: bool = False
-    seed: int = 0
-    eval_every: int = 250
-    eval_batches: int = 20
-    log_every: int = 10
-    ckpt_every: int = 500
-    keep_last: int = 2
+    seed: int = option(0, ge=0)
+    eval_every: int = option(250, ge=0, doc="0 = only the final evaluation")
+    eval_batches: int = option(20, ge=0, doc="0 = the whole split")
+    log_every: int = option(10, ge=1)
+    ckpt_every: int = option(500, ge=0, doc="0 = only at the end")
+    keep_last: int = option(2, ge=0, doc="0 = keep every checkpoint")
     out_dir: str = "runs/default"
     device: str = "auto"
-    sample_tokens: int = 200
+    sample_tokens: int = option(200, ge=0)
     tensorboard: bool = False
-    max_minutes: float | None = None       # wall-clock budget; the schedule then decays by time too
-    final_eval_batches: int | None = None  # final evaluation: None = the whole validation split
+    max_minutes: float | None = option(None, gt=0)  # wall-clock budget (the schedule follows)
+    final_eval_batches: int | None = option(None, ge=1, doc="null = the whole split")
     no_decay: list = field(default_factory=lambda: ["bias", "norm", "embedding"])
     progress: bool = True                  # rich progress bar on a terminal (plain lines otherwise)
     plot: bool = True                      # loss-curve PNG at the end when matplotlib is installed
     threads: Any = None                    # CPU threads: null = torch's default, N, or auto
-    distributed: str = "ddp"               # ddp | fsdp: how torchrun's processes share the model
+    distributed: str = option("ddp", choices=("ddp", "fsdp"))  # how torchrun's ranks share it
     extra: dict = field(default_factory=dict)
 
 
@@ -210,10 +211,19 @@ def read_source(source) -> dict:
     if not path.exists():
         raise ConfigError("config", s, preset_names(),
                           why=f"no config file or preset named {s!r}")
-    with open(path) as f:
-        data = yaml.safe_load(f) or {}
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = yaml.safe_load(f) or {}
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        what = getattr(e, "problem", None) or type(e).__name__
+        raise ConfigError("config", s, why=f"{path} is not valid YAML: {what}{where}") from None
+    except OSError as e:
+        raise ConfigError("config", s, why=f"cannot read {path}: {e.strerror}") from None
     if not isinstance(data, dict):
-        raise ConfigError("config", s, why="the YAML file must hold a mapping")
+        raise ConfigError("config", s, why=f"{path} must hold a mapping of fields, got "
+                                           f"{type(data).__name__}")
     base = data.pop("base", None)            # presets may extend another preset
     data.pop("paper_test", None)             # preset metadata read by `tevo catalog`, not config
     if base:
@@ -266,26 +276,21 @@ def save_config(cfg: RunConfig, path) -> None:
 
 # --------------------------------------------------------------------------------------------
 def validate(cfg: RunConfig) -> None:
+    """Every field's type and range (declared with ``option`` next to the field), then the
+    names, options and combinations of the model; a one-line ConfigError on the first problem,
+    before anything is built or written."""
+    for section in ("data", "train"):
+        sub = getattr(cfg, section)
+        if not dataclasses.is_dataclass(sub):
+            raise ConfigError(section, sub, why="expected a mapping")
+        check_fields(sub, f"{section}.")
+    betas = cfg.train.betas
+    if not isinstance(betas, (list, tuple)) or len(betas) != 2 or not all(
+            isinstance(b, (int, float)) and not isinstance(b, bool) and 0 <= b < 1
+            for b in betas):
+        raise ConfigError("train.betas", betas, why=f"expected two numbers in [0, 1), got "
+                                                    f"{betas!r}")
     validate_model(cfg.model)
-    t = cfg.train
-    if t.precision not in ("fp32", "bf16", "auto"):
-        raise ConfigError("train.precision", t.precision, ["fp32", "bf16", "auto"])
-    if t.schedule not in ("cosine", "linear", "constant"):
-        raise ConfigError("train.schedule", t.schedule, ["cosine", "linear", "constant"])
-    if t.distributed not in ("ddp", "fsdp"):
-        raise ConfigError("train.distributed", t.distributed, ["ddp", "fsdp"])
-    for k in ("steps", "batch_size", "grad_accum"):
-        if int(getattr(t, k)) < 1:
-            raise ConfigError(f"train.{k}", getattr(t, k), why="must be >= 1")
-    if cfg.data.seq_len < 1:
-        raise ConfigError("data.seq_len", cfg.data.seq_len, why="must be >= 1")
-    try:                                   # YAML reads 1e-8 (no dot) as a string
-        eps = None if isinstance(t.adam_eps, bool) else float(t.adam_eps)
-    except (TypeError, ValueError):
-        eps = None
-    if eps is None or not 0 < eps < 1:
-        raise ConfigError("train.adam_eps", t.adam_eps, why="expected a number in (0, 1)")
-    t.adam_eps = eps
 
 
 def parse_layer_keys(key, n_layers: int) -> list[int]:
@@ -326,13 +331,10 @@ def validate_model(cfg: ModelConfig) -> None:
     from .registry import FFNS, INITS, MEMORIES, MIXERS, MODELS, NORMS, POSITIONS, RESIDUALS
     from .registry import check_kwargs, split_spec
 
+    if not isinstance(cfg, ModelConfig):
+        raise ConfigError("model", cfg, why="expected a mapping")
+    check_fields(cfg, "model.")
     arch = MODELS.get(cfg.arch, "model.arch")
-    for k in ("vocab_size", "d_model", "n_layers", "max_len"):
-        v = getattr(cfg, k)
-        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-            raise ConfigError(f"model.{k}", v, why=f"must be a positive integer, got {v!r}")
-    if not 0.0 <= float(cfg.dropout) < 1.0:
-        raise ConfigError("model.dropout", cfg.dropout, why="must be in [0, 1)")
     causal = cfg.causal if cfg.causal is not None else getattr(arch.obj, "default_causal", True)
 
     pos_name, pos_kw = split_spec(cfg.position, "model.position")

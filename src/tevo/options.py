@@ -161,6 +161,7 @@ def check(where: str, value, tp=None, spec: Option | None = None, default=_MISSI
         members = members + [type(None)]
     rng = spec.describe()
     note = f"; {spec.doc}" if spec.doc else ""
+    given = value
     if members is not None:
         try:
             value = coerce(value, members)
@@ -178,7 +179,7 @@ def check(where: str, value, tp=None, spec: Option | None = None, default=_MISSI
                or (spec.le is not None and not v <= spec.le)
                or (spec.lt is not None and not v < spec.lt))
         if bad:
-            raise ConfigError(where, value, why=f"must be {rng}, got {value!r}{note}")
+            raise ConfigError(where, value, why=f"must be {rng}, got {given!r}{note}")
     return value
 
 
