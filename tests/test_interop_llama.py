@@ -111,9 +111,29 @@ def test_export_refuses_interleaved_rope():
 
 
 def test_unsupported_rope_type_is_named():
-    hf = make("llama", **rope(1e4, "yarn", factor=4.0, original_max_position_embeddings=16))
+    hf = make("llama", **rope(1e4, "longrope", short_factor=[1.0] * 4, long_factor=[2.0] * 4,
+                              original_max_position_embeddings=16))
     with pytest.raises(UnsupportedHFOption, match="rope_type"):
         from_hf(hf)
+
+
+@pytest.mark.parametrize("kind,extra", [
+    ("llama3", dict(factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0,
+                    original_max_position_embeddings=16)),
+    ("yarn", dict(factor=4.0, original_max_position_embeddings=16)),
+    ("yarn", dict(factor=4.0, original_max_position_embeddings=16, mscale=0.707,
+                  mscale_all_dim=1.0)),
+    ("dynamic", dict(factor=4.0))], ids=["llama3", "yarn", "yarn-mscale", "dynamic"])
+def test_rope_scaling_llama3_yarn_dynamic_match_hf(kind, extra):
+    """Llama 3.1, YaRN and dynamic-NTK checkpoints import as ``rope`` options: same logits with
+    left padding, and (dynamic: frequencies change as the context passes max_position) the same
+    greedy tokens, KV-cached, past max_position_embeddings."""
+    hf = make("llama", max_position_embeddings=12, **rope(1e4, kind, **extra))
+    model = from_hf(hf)
+    assert model.pos.scaling == kind
+    assert check_equivalence(hf, model, batch=3, n=16)["max_abs_diff"] <= TOL
+    ids, mask = random_batch(V, batch=2, n=8, left=True, seed=5)
+    assert torch.equal(greedy_tevo(model, ids, mask, 12), greedy_hf(hf, ids, mask, 12))
 
 
 @pytest.mark.parametrize("case", ["llama-gqa", "qwen2"])

@@ -90,7 +90,9 @@ def test_rope_scalings_match_hf_rope_utils():
 
 @pytest.mark.parametrize("kw", [dict(layout="half"), dict(layout="interleaved"),
                                 dict(rotary_dim=0.25), dict(scaling="ntk", factor=8.0),
-                                dict(scaling="linear", factor=2.0), dict(base=500.0)])
+                                dict(scaling="linear", factor=2.0), dict(base=500.0),
+                                dict(scaling="llama3", factor=8.0, original_max_len=64),
+                                dict(scaling="yarn", factor=4.0, original_max_len=32)])
 def test_rope_scores_depend_only_on_relative_position(kw):
     pe = _rope(**kw)
     q, k = _qk(n=9)
@@ -106,7 +108,11 @@ def test_rope_scores_depend_only_on_relative_position(kw):
 
 def test_rope_bad_options_are_one_line_config_errors():
     for kw, word in [(dict(layout="diagonal"), "interleaved"), (dict(rotary_dim=7), "even"),
-                     (dict(rotary_dim=1.5), "fraction"), (dict(scaling="yarn"), "ntk"),
+                     (dict(rotary_dim=1.5), "fraction"), (dict(scaling="nope"), "yarn"),
+                     (dict(scaling="llama3", low_freq_factor=4.0), "low_freq_factor"),
+                     (dict(scaling="yarn", beta_fast=0.5), "beta_slow"),
+                     (dict(scaling="yarn", attention_factor=0.0), "attention_factor"),
+                     (dict(original_max_len=0), "original_max_len"),
                      (dict(factor=0.5), ">= 1")]:
         with pytest.raises(ConfigError, match=word) as e:
             _rope(**kw)
@@ -121,3 +127,62 @@ def test_rope_adapts_to_the_mixers_qk_size():
     for kw in (dict(), dict(rotary_dim=0.5, layout="interleaved")):
         torch.testing.assert_close(_rope(4, **kw).rotate(q, q, pos, pos)[0],
                                    _rope(12, **kw).rotate(q, q, pos, pos)[0])
+
+
+def _hf_rope_config(**rp):
+    from transformers import LlamaConfig
+    return LlamaConfig(hidden_size=64, num_attention_heads=2, max_position_embeddings=256,
+                       rope_parameters={"rope_theta": 1e4, **rp})
+
+
+@pytest.mark.parametrize("kw", [
+    dict(rope_type="llama3", factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0,
+         original_max_position_embeddings=64),
+    dict(rope_type="llama3", factor=4.0, low_freq_factor=2.0, high_freq_factor=8.0,
+         original_max_position_embeddings=128),
+    dict(rope_type="yarn", factor=4.0, original_max_position_embeddings=64),
+    dict(rope_type="yarn", factor=8.0, original_max_position_embeddings=32, beta_fast=16,
+         beta_slow=2, truncate=False),
+    dict(rope_type="yarn", factor=4.0, original_max_position_embeddings=64,
+         attention_factor=1.3)], ids=["llama3", "llama3-bands", "yarn", "yarn-betas",
+                                      "yarn-attention-factor"])
+def test_rope_llama3_and_yarn_match_transformers_rope_init(kw):
+    """Frequencies (and YaRN's attention factor √(1/t) = 0.1 ln s + 1, applied to q and k)
+    equal transformers' ROPE_INIT_FUNCTIONS; all three wavelength bands are exercised."""
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+    kind = kw.pop("rope_type")
+    inv, af = ROPE_INIT_FUNCTIONS[kind](_hf_rope_config(rope_type=kind, **kw), "cpu")
+    opts = {"factor": kw["factor"], "original_max_len": kw["original_max_position_embeddings"]}
+    for a, b in (("low_freq_factor", "low_freq_factor"), ("high_freq_factor", "high_freq_factor"),
+                 ("beta_fast", "beta_fast"), ("beta_slow", "beta_slow"),
+                 ("truncate", "truncate"), ("attention_factor", "attention_factor")):
+        if a in kw:
+            opts[b] = kw[a]
+    pe = _rope(32, scaling=kind, max_len=256, **opts)
+    torch.testing.assert_close(pe.inv_freq, inv.float(), atol=0, rtol=1e-6)
+    base = _rope(32).inv_freq
+    assert (pe.inv_freq < base * (1 - 1e-3)).any() and torch.equal(pe.inv_freq[0], base[0])
+    assert pe.attention_factor == pytest.approx(af)
+    q = torch.randn(1, 1, 5, 32)
+    pos = torch.arange(5)[None]
+    plain = _rope(32)
+    plain.inv_freq = pe.inv_freq
+    torch.testing.assert_close(pe.apply(q, pos), plain.apply(q, pos) * af)
+
+
+def test_rope_dynamic_ntk_follows_the_call_length_as_transformers():
+    """Dynamic NTK: unscaled while the call fits in max_len, then base·(sL/L0 − s + 1)^{d/(d−2)}
+    for a call whose longest position is L − 1 (transformers' dynamic rope at seq_len L)."""
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+    c = _hf_rope_config(rope_type="dynamic", factor=4.0)
+    pe = _rope(32, scaling="dynamic", factor=4.0, max_len=256)
+    for L in (10, 256, 300, 1000):
+        inv, _ = ROPE_INIT_FUNCTIONS["dynamic"](c, "cpu", seq_len=L)
+        torch.testing.assert_close(pe.dims(32, "cpu", L)[1], inv.float(), atol=0, rtol=1e-6)
+        q = torch.randn(1, 1, 3, 32)
+        pos = torch.tensor([[L - 3, L - 2, L - 1]])
+        fixed = _rope(32)
+        fixed.inv_freq = inv.float()
+        torch.testing.assert_close(pe.rotate(q, q, pos, pos)[0], fixed.apply(q, pos),
+                                   atol=1e-4, rtol=1e-4)
+    assert torch.equal(pe.dims(32, "cpu", 200)[1], _rope(32).inv_freq)

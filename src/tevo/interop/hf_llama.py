@@ -7,6 +7,8 @@ sliding window; Qwen2 adds biases on q, k, v (not on the output projection).
 """
 from __future__ import annotations
 
+import math
+
 from torch import Tensor
 
 from ..config import ModelConfig
@@ -17,7 +19,8 @@ from .hf import (ACTIVATIONS_BACK, HFFamily, UnsupportedHFOption, Weights, activ
 
 
 def rope_spec(c, head_dim: int, partial: float | None = None, layout: str = "half") -> dict:
-    """tevo ``rope`` spec for an HF config's rotary settings (default or linear scaling)."""
+    """tevo ``rope`` spec for an HF config's rotary settings (default, or the linear, dynamic
+    NTK, llama3 and yarn scalings)."""
     rp = rope_parameters(c)
     kind = rp.get("rope_type", "default")
     spec = {"name": "rope", "base": float(rp.get("rope_theta", 10000.0)), "layout": layout}
@@ -27,9 +30,31 @@ def rope_spec(c, head_dim: int, partial: float | None = None, layout: str = "hal
         spec["rotary_dim"] = int(head_dim * float(partial))
     if kind == "linear":
         spec.update(scaling="linear", factor=float(rp["factor"]))
+    elif kind == "dynamic":                 # NTK from the call's length past max_position
+        spec.update(scaling="dynamic", factor=float(rp["factor"]),
+                    original_max_len=int(c.max_position_embeddings))
+    elif kind == "llama3":
+        spec.update(scaling="llama3", factor=float(rp["factor"]),
+                    low_freq_factor=float(rp["low_freq_factor"]),
+                    high_freq_factor=float(rp["high_freq_factor"]),
+                    original_max_len=int(rp["original_max_position_embeddings"]))
+    elif kind == "yarn":
+        L0 = int(rp.get("original_max_position_embeddings") or c.max_position_embeddings)
+        factor = rp.get("factor")
+        factor = float(c.max_position_embeddings / L0 if factor is None else factor)
+        af = rp.get("attention_factor")
+        ms, ms_all = rp.get("mscale"), rp.get("mscale_all_dim")
+        if af is None and ms and ms_all and factor > 1:     # DeepSeek's ratio of two mscales
+            af = (0.1 * ms * math.log(factor) + 1.0) / (0.1 * ms_all * math.log(factor) + 1.0)
+        spec.update(scaling="yarn", factor=factor, original_max_len=L0,
+                    beta_fast=float(rp.get("beta_fast") or 32.0),
+                    beta_slow=float(rp.get("beta_slow") or 1.0),
+                    truncate=bool(rp.get("truncate", True)))
+        if af is not None:
+            spec["attention_factor"] = float(af)
     elif kind != "default":
         raise UnsupportedHFOption(c.model_type, "rope_parameters.rope_type", kind,
-                                  "default, linear")
+                                  "default, linear, dynamic, llama3, yarn")
     return spec
 
 
