@@ -26,6 +26,11 @@ class Supports:
     padding:       honours ``ctx.key_padding_mask`` (real tokens unaffected by padding).
     batch_independent: sample b's output depends only on sample b (False for e.g. batch-norm).
     fixed_length:  needs n <= a length fixed at construction (learned token-mixing matrices).
+    grid:          reads the 2-D token grid (``ctx.grid``: height, width, row-major tokens);
+                   fits an image model.
+    flat_grid:     order-free over its tokens, so it fits an image model's flattened grid as
+                   it is (ViT's attention).
+    text:          works on a 1-D sequence with no grid (text); False: image models only.
     """
 
     causal: bool = True
@@ -36,6 +41,14 @@ class Supports:
     padding: bool = True
     batch_independent: bool = True
     fixed_length: bool = False
+    grid: bool = False
+    flat_grid: bool = False
+    text: bool = True
+
+    @property
+    def image(self) -> bool:
+        """Fits an image model (a 2-D token grid)."""
+        return self.grid or self.flat_grid
 
     def as_dict(self) -> dict:
         d = asdict(self)

@@ -25,6 +25,9 @@ class MixerContext:
                       causality and padding (XLNet's two streams, Transcormer's three streams
                       run as one concatenated sequence). Mixers that honour it say so with
                       ``takes_attn_mask``; None = no extra pattern.
+    grid:             (height, width) when the tokens are a 2-D grid in row-major order (an
+                      image model's patches): token i sits at (row, col) = divmod(i, width).
+                      None for a 1-D sequence.
     """
 
     causal: bool = False
@@ -38,6 +41,13 @@ class MixerContext:
     layer: int = 0
     n_layers: int = 1
     attn_mask: Tensor | None = None
+    grid: tuple | None = None
+
+    def grid_coords(self, device=None) -> Tensor:
+        """(H·W, 2) (row, col) of every grid token, row-major."""
+        H, W = self.grid
+        i = torch.arange(H * W, device=device)
+        return torch.stack([torch.div(i, W, rounding_mode="floor"), i % W], -1)
 
     def add_aux(self, name: str, value: Tensor, weight: float = 1.0) -> None:
         self.aux.setdefault(name, []).append(value * weight)
