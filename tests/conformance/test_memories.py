@@ -35,7 +35,8 @@ def test_memory_segments_shape_finite_grad(name):
     outs = _stream(model, ids)
     for o in outs:
         assert o.logits.shape == (2, SEG, V) and torch.isfinite(o.logits).all()
-    (outs[-1].logits.logsumexp(-1).mean() + outs[-1].aux_loss).backward()
+    # every segment's loss: a learned initial memory (rmt) is used by the first segment only
+    sum(o.logits.logsumexp(-1).mean() + o.aux_loss for o in outs).backward()
     missing = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
     assert not missing, f"no gradient reaches {missing}"
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):

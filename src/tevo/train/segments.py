@@ -57,6 +57,8 @@ def check_segment_training(model: nn.Module, fsdp: bool) -> None:
                           why="a segment memory (model.memory) is trained through "
                               "forward_segment, which FSDP's root unit does not wrap")
     from ..positions.base import PositionEncoding
+    if not getattr(type(model.memory), "stream_positions", True):
+        return                         # positions restart every segment (rmt): no table grows
     for m in model.modules():
         if isinstance(m, PositionEncoding) and getattr(m, "max_len", None) is not None:
             raise ConfigError("model.position", type(m).__name__,
