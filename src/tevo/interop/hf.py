@@ -34,7 +34,8 @@ from ..errors import TevoError
 # modules holding the families; each registers its converters with ``register`` on import
 FAMILY_MODULES = ("tevo.interop.hf_gpt", "tevo.interop.hf_bert", "tevo.interop.hf_llama",
                   "tevo.interop.hf_neox", "tevo.interop.hf_gptj", "tevo.interop.hf_t5",
-                  "tevo.interop.hf_transfo_xl")
+                  "tevo.interop.hf_transfo_xl", "tevo.interop.hf_rwkv",
+                  "tevo.interop.hf_mamba")
 
 
 class ConversionError(TevoError, ValueError):
