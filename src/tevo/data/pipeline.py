@@ -302,6 +302,13 @@ def build_data(cfg, objective, run_dir=None, is_main: bool = True, barrier=None)
     fmt = objective.data_format
     if cfg.data.task is not None:
         task = TASKS.build(cfg.data.task, "data.task")
+        if getattr(task, "needs_tokenizer", False):      # labelled text (tevo.data.labelled)
+            if fmt not in task.formats:
+                raise ConfigError("objective", fmt, ["text_classification"],
+                                  why=f"task {task.registry_name!r} gives labelled passages, "
+                                      f"not {fmt!r} batches")
+            from .labelled import LabelledTextData
+            return LabelledTextData.build(task, cfg, objective, run_dir)
         return TaskData(task, fmt, cfg.train.seed)
     return CorpusData.build(cfg.data, fmt, objective.specials, cfg.train.seed, run_dir,
                             is_main, barrier)

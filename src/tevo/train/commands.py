@@ -6,6 +6,7 @@
     tevo eval runs/default --split test --lengths 128,256,512
     tevo generate runs/default --prompt "ROMEO:" --max-new-tokens 300 --top-k 40
     tevo generate runs/default --prompt "ROMEO:" --max-new-tokens 50 --beams 4
+    tevo finetune runs/bert task=genre           # a labelled task on the pre-trained weights
 
 Under ``torchrun --nproc_per_node N -m tevo train ...`` the same command trains with DDP.
 """
@@ -186,6 +187,29 @@ def _continue_prompt(run, args) -> str:
     return prompt + run.tokenizer.decode(out[0, len(ids):].tolist())
 
 
+def _finetune(args) -> int:
+    from ..errors import InputError
+    from .finetune import finetune
+    task, overrides = "genre", []
+    for it in args.args:
+        if "=" not in it:
+            raise InputError(f"expected key=value (task=NAME or a config override), got {it!r}")
+        if it.startswith("task="):
+            from ..config import _parse_value
+            task = _parse_value(it.split("=", 1)[1])
+        else:
+            overrides.append(it)
+    s = finetune(args.run_dir, task, overrides)
+    if args.json:
+        print(json.dumps(s, indent=1))
+    else:
+        ch = s.get("chance", {})
+        print(f"test accuracy {s.get('test_accuracy', float('nan')):.4f} on held-out works "
+              f"(chance: always '{ch.get('majority_class')}' = "
+              f"{ch.get('majority_accuracy', float('nan')):.4f}); run: {s['run_dir']}")
+    return 0
+
+
 def add_commands(sub) -> None:
     p = sub.add_parser("train", help="train a model (no arguments: a small GPT on the embedded "
                                      "Shakespeare corpus)",
@@ -197,6 +221,17 @@ def add_commands(sub) -> None:
     p.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its last checkpoint")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(fn=_train)
+
+    p = sub.add_parser("finetune", help="fine-tune a pre-trained run on a labelled task "
+                                        "(task=genre) and report held-out accuracy",
+                       description="tevo finetune RUN_DIR [task=NAME] [key=value ...]: the "
+                                   "run's model and tokenizer, its latest weights, a linear "
+                                   "classification head, the one trainer; accuracy on the "
+                                   "test split and the majority-class chance.")
+    p.add_argument("run_dir")
+    p.add_argument("args", nargs="*", metavar="[task=NAME] [key=value]")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.set_defaults(fn=_finetune)
 
     p = sub.add_parser("eval", help="evaluate a run's latest checkpoint on a split")
     p.add_argument("run_dir")
