@@ -3,11 +3,16 @@
 Paper: Randomized Positional Encodings Boost Length Generalization of Transformers (Ruoss et
 al., 2023): for a training sequence of length n, draw n distinct positions uniformly from
 {0, …, L-1} (L ≫ n, larger than any test length), sort them, and give them to any position
-encoding in place of 0..n-1; at evaluation use the plain positions 0..n-1 (as specified for
-tevo) so decoding stays deterministic. The encoding that receives the positions is ``base``
+encoding in place of 0..n-1. The paper (§3, and the authors' code) samples at evaluation too:
+a test sequence of length M gets a sorted sample of M positions from [0, L), so the model never
+sees positions it was not trained on; that is the default (``eval="sample"``). Incremental
+decoding cannot follow it (the sample of a length-M sequence is not known before M is), so a
+cached decode step whose positions lie past its prefill's sample is an InputError naming
+``eval="plain"``: the deterministic alternative that evaluates at 0..n-1 (what the base encoding
+alone would do), for KV-cached generation. The encoding that receives the positions is ``base``
 (sinusoidal, rope, alibi, learned, …).
 One sample serves a whole forward pass: it is drawn when the model calls ``embed`` (before any
-layer) and every ``rotate``/``bias`` call of that pass maps its positions through it, so all
+layer; in evaluation, for a pass that starts a sequence, i.e. whose first position is 0) and every ``rotate``/``bias`` call of that pass maps its positions through it, so all
 layers and all hooks see the same random positions. Each batch row gets its own sample.
 Declared hooks: the class accepts {input, qk, bias} so that config validation checks the
 widest case; an instance uses ``input`` plus its base's hooks.
@@ -22,24 +27,31 @@ from ..errors import ConfigError, InputError
 from ..registry import POSITIONS, split_spec
 from .base import PositionEncoding
 
+EVAL_MODES = ("sample", "plain")
+
 
 @POSITIONS.register(
     "randomized", paper="Randomized Positional Encodings Boost Length Generalization of "
                         "Transformers (Ruoss et al., 2023)",
-    equation="training positions = sort(sample_without_replacement({0..L-1}, n)); "
-             "evaluation positions = 0..n-1",
+    equation="positions = sort(sample_without_replacement({0..L-1}, n)) in training and "
+             "evaluation (eval=plain: 0..n-1 at evaluation)",
     complexity=("O(L log L) + base", "O(L) + base"),
     test="tests/papers/test_positions_randomized.py::"
-         "test_randomized_samples_sorted_positions_in_training_plain_in_eval",
-    tiny={"base": "rope", "max_position": 256})
+         "test_randomized_samples_sorted_positions_in_training_and_evaluation",
+    # the conformance suite checks cached == full decoding, which needs deterministic positions
+    tiny={"base": "rope", "max_position": 256, "eval": "plain"})
 class RandomizedPosition(PositionEncoding):
     """Wraps a base encoding; training positions are a sorted random subset of [0, L)."""
 
     hooks = frozenset({"input", "qk", "bias"})
 
     def __init__(self, d_model: int, max_len: int = 1024, heads: int = 4,
-                 head_dim: int | None = None, base="sinusoidal", max_position: int | None = None):
+                 head_dim: int | None = None, base="sinusoidal", max_position: int | None = None,
+                 eval: str = "sample"):
         super().__init__()
+        if eval not in EVAL_MODES:
+            raise ConfigError("position.eval", eval, EVAL_MODES)
+        self.eval_mode = eval
         name, _ = split_spec(base, "position.base")
         if name == "randomized":
             raise ConfigError("position.base", name, why="randomized cannot wrap itself")
@@ -71,22 +83,36 @@ class RandomizedPosition(PositionEncoding):
         keys = torch.rand(B, self.max_position, device=positions.device)
         return keys.topk(m, dim=-1).indices.sort(-1).values          # (B, m)
 
+    @property
+    def sampling(self) -> bool:
+        return self.training or self.eval_mode == "sample"
+
     def map(self, positions: Tensor) -> Tensor:
-        """Training: positions through this pass's sample; evaluation: unchanged."""
-        if not self.training:
+        """Positions through this pass's sample (evaluation with eval="plain": unchanged)."""
+        if not self.sampling:
             return positions
         if self._sample is None:
             raise RuntimeError("randomized: embed() draws the positions of a forward pass; call "
                                "it before the mixers (the models do)")
         s = self._sample
-        if int(positions.max()) >= s.shape[1]:
+        if positions.numel() and int(positions.max()) >= s.shape[1]:
             raise RuntimeError("randomized: positions beyond this pass's sample")
         if s.shape[0] != positions.shape[0]:
             s = s[:1].expand(positions.shape[0], -1)
         return torch.gather(s, 1, positions)
 
     def embed(self, x: Tensor, positions: Tensor) -> Tensor:
-        self._sample = self.draw(positions) if self.training else None
+        if not self.sampling:
+            self._sample = None
+        elif self.training or not positions.numel() or int(positions.min()) == 0 \
+                or self._sample is None:
+            self._sample = self.draw(positions)          # a new pass / a new sequence
+        elif int(positions.max()) >= self._sample.shape[1]:
+            raise InputError(f"randomized positions: a cached decode step at position "
+                             f"{int(positions.max())} lies past the sample drawn for its prefill "
+                             f"({self._sample.shape[1]} positions); the paper's evaluation draws "
+                             f"one sample per whole sequence, so decode without a cache or set "
+                             f"position.eval=plain")
         if "input" in self.base.hooks:
             return self.base.embed(x, self.map(positions))
         return x
