@@ -12,7 +12,7 @@ from torch import Tensor, nn
 
 from ..config import ModelConfig, model_config
 from ..nn.context import MixerContext
-from ..registry import EMBEDDINGS, MEMORIES, MODELS
+from ..registry import EMBEDDINGS, MEMORIES, MODELS, PEFT
 from .block import BlockStack
 from .common import (ModelOutput, build_norm, build_position, check_ids, extend_mask,
                      init_weights, token_positions)
@@ -45,6 +45,10 @@ class LanguageModel(nn.Module):
         self.emb_norm = build_norm(cfg) if cfg.embedding_norm else None
         self.drop = nn.Dropout(cfg.dropout)
         self.blocks = BlockStack(cfg, self.causal)
+        rev = (cfg.extra or {}).get("reversible")
+        if rev:                           # Reformer's reversible layers (tevo.peft.reversible)
+            spec = {"name": "reversible", **({} if rev is True else dict(rev))}
+            self.blocks = PEFT.build(spec, "model.extra.reversible", stack=self.blocks)
         use_final = cfg.final_norm if cfg.final_norm is not None else self.blocks.final_norm
         self.norm = build_norm(cfg) if use_final else None
         self.head = nn.Linear(d, cfg.vocab_size, bias=cfg.head_bias)
