@@ -115,3 +115,19 @@ def test_finetune_genre_starts_from_the_pretrained_weights(tmp_path):
     assert saved["test_accuracy"] == s["test_accuracy"]
     with pytest.raises(ConfigError, match="not a labelled text task"):
         finetune_config(pre, "copy")
+
+
+@pytest.mark.slow
+def test_bench_objectives_runs_and_reports(tmp_path):
+    from tevo.bench._run import run
+    reps = run("objectives", objectives=["mlm", "electra", "span"], seeds=[0],
+               pretrain_minutes=0.03, finetune_steps=2, d_model=16, n_layers=1, heads=2,
+               seq_len=32, batch_size=4, threads=1, work_dir=str(tmp_path / "runs"),
+               out=str(tmp_path / "out"))
+    rep = reps[0]
+    assert not rep.errors, rep.errors
+    rows = rep.data["rows"]
+    assert [r["objective"] for r in rows] == ["mlm", "electra", "span"]
+    assert all(0 <= r["test_accuracy"] <= 1 and r["pretrain_steps"] >= 1 for r in rows)
+    md = (tmp_path / "out" / "objectives.md").read_text()
+    assert "genre test accuracy" in md and "ELECTRA's claim" in md and "Smoke budget" in md

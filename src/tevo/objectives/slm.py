@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..errors import ConfigError, InputError
+from ..errors import InputError
 from ..registry import OBJECTIVES
 from .base import Objective, aux_of, check_stream_masks, exact_sum
 
