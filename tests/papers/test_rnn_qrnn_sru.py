@@ -163,3 +163,16 @@ def test_bad_options_are_one_line_config_errors(name, bad):
     with pytest.raises(ConfigError) as e:
         make_mixer(name, True, **bad)
     assert "\n" not in str(e.value) and next(iter(bad)) in str(e.value)
+
+
+def test_peephole_recurrence_backward_is_the_exact_adjoint():
+    """The scan-based backward of the peephole loop equals finite differences (float64), for
+    every input including the initial state and with a padded step."""
+    from tevo.mixers.rnn.sru import PeepholeRecurrence
+    g = torch.Generator().manual_seed(0)
+    B, n, d = 2, 6, 3
+    mk = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64).requires_grad_(True)  # noqa
+    m = torch.ones(B, n, d, dtype=torch.float64)
+    m[1, :2] = 0
+    args = (mk(B, n, d), mk(B, n, d), mk(B, n, d), mk(2, d), mk(2, d), mk(B, d), m)
+    assert torch.autograd.gradcheck(lambda *a: PeepholeRecurrence.apply(*a), args)

@@ -17,8 +17,9 @@ SRU++ replaces the projection U = W x by self-attention in a small dimension d' 
 
 Forms: the recurrence is elementwise (O(n d) total, no d×d product per step). With the
 peephole terms v ⊙ c_{t-1} (the papers' form, ``peephole: true``) the gates depend on c_{t-1}, so
-it is not a linear recurrence: it runs as a sequential elementwise loop over t — as the authors'
-CUDA kernel does, parallel over batch and channels. With ``peephole: false`` (the 2017 arXiv
+it is not a linear recurrence: the forward runs as a sequential elementwise loop over t — as the
+authors' CUDA kernel does, parallel over batch and channels — and the backward, whose adjoint
+recurrence is linear, runs on ``parallel_scan`` (``PeepholeRecurrence``). With ``peephole: false`` (the 2017 arXiv
 form) f, r depend on x only and c_t is a linear recurrence run by ``parallel_scan``
 (``form: scan``, O(log n) depth) or the step loop (``form: recurrent``).
 Decoding: SRU's state is c_t (O(d), fixed). SRU++ also keeps its attention's keys and values of
@@ -51,6 +52,54 @@ from .common import hold_on_padding, positive
 FORMS = ("scan", "recurrent", "loop")
 
 
+class PeepholeRecurrence(torch.autograd.Function):
+    """c_t, r_t of eqs. 3–5 with the peephole terms, for all t.
+
+    Forward: the sequential elementwise loop (the gates need c_{t−1}), run without building an
+    autograd graph. Backward: the adjoint of c_t = f_t c_{t−1} + (1 − f_t) u0_t is the *linear*
+    recurrence G_t = ∂L/∂c_t = g_t + α_{t+1} G_{t+1} + ρ_{t+1} v_r backwards in time, with
+    α_t = ∂c_t/∂c_{t−1} = f_t + (c_{t−1} − u0_t) f_t(1 − f_t) v_f (1 at padding) and
+    ρ_t = ∂L/∂r_t · r_t(1 − r_t) — so it runs on ``parallel_scan``, and every other gradient is
+    one vectorised expression of G."""
+
+    @staticmethod
+    def forward(ctx, u0, u1, u2, v, bias, c0, m):
+        c_prev, cs, fs, rs = c0, [], [], []
+        for t in range(u0.shape[1]):
+            f_t = torch.sigmoid(u1[:, t] + v[0] * c_prev + bias[0])
+            r_t = torch.sigmoid(u2[:, t] + v[1] * c_prev + bias[1])
+            c_t = f_t * c_prev + (1 - f_t) * u0[:, t]
+            c_t = m[:, t] * c_t + (1 - m[:, t]) * c_prev                # padding: hold c
+            cs.append(c_t)
+            fs.append(f_t)
+            rs.append(r_t)
+            c_prev = c_t
+        c, f, r = torch.stack(cs, 1), torch.stack(fs, 1), torch.stack(rs, 1)
+        ctx.save_for_backward(u0, v, c0, m, c, f, r)
+        return c, r
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, gc, gr):
+        u0, v, c0, m, c, f, r = ctx.saved_tensors
+        gc = torch.zeros_like(c) if gc is None else gc
+        gr = torch.zeros_like(r) if gr is None else gr
+        c_prev = torch.cat([c0[:, None], c[:, :-1]], 1)
+        K = m * (c_prev - u0) * f * (1 - f)                             # ∂c_t/∂(pre-activation f)
+        alpha = (1 - m) + m * f + K * v[0]                              # ∂c_t/∂c_{t−1}
+        rho = gr * r * (1 - r)                                          # ∂L/∂(pre-activation r)
+        # G_t = gc_t + α_{t+1} G_{t+1} + ρ_{t+1} v_r, run backwards from G_{n−1} = gc_{n−1}
+        a = torch.cat([alpha[:, 1:], torch.zeros_like(alpha[:, :1])], 1)
+        b = gc + torch.cat([rho[:, 1:] * v[1], torch.zeros_like(rho[:, :1])], 1)
+        G = parallel_scan(a.flip(1), b.flip(1), None, dim=1).flip(1)
+        daf = G * K
+        du0 = G * m * (1 - f)
+        dv = torch.stack([(daf * c_prev).sum((0, 1)), (rho * c_prev).sum((0, 1))])
+        dbias = torch.stack([daf.sum((0, 1)), rho.sum((0, 1))])
+        dc0 = alpha[:, 0] * G[:, 0] + rho[:, 0] * v[1]
+        return du0, daf, rho, dv, dbias, dc0, None
+
+
 def sru_recurrence(u: Tensor, x: Tensor, v: Tensor | None, bias: Tensor, c0: Tensor | None,
                    mask: Tensor | None, form: str) -> tuple[Tensor, Tensor]:
     """Eqs. 3–6 for U = (u0, u1, u2) each (B, n, d), input x (B, n, d), peephole weights v (2, d)
@@ -63,18 +112,10 @@ def sru_recurrence(u: Tensor, x: Tensor, v: Tensor | None, bias: Tensor, c0: Ten
         c = (parallel_scan(a, b, c0, dim=1) if form == "scan"
              else linear_recurrence_loop(a, b, c0, dim=1))
     else:                                                    # peephole: elementwise loop
-        c_prev = torch.zeros_like(u0[:, 0]) if c0 is None else c0
-        cs, rs = [], []
-        for t in range(u0.shape[1]):
-            f_t = torch.sigmoid(u1[:, t] + v[0] * c_prev + bias[0])
-            r_t = torch.sigmoid(u2[:, t] + v[1] * c_prev + bias[1])
-            c_t = f_t * c_prev + (1 - f_t) * u0[:, t]
-            if mask is not None:
-                c_t = torch.where(mask[:, t, None], c_t, c_prev)
-            cs.append(c_t)
-            rs.append(r_t)
-            c_prev = c_t
-        c, r = torch.stack(cs, 1), torch.stack(rs, 1)
+        c0 = torch.zeros_like(u0[:, 0]) if c0 is None else c0
+        m = (torch.ones_like(u0[..., :1]) if mask is None
+             else mask[..., None].to(u0.dtype)).expand_as(u0)
+        c, r = PeepholeRecurrence.apply(u0, u1, u2, v, bias, c0, m)
     h = r * c + (1 - r) * x
     if mask is not None:
         h = h * mask[..., None].to(h.dtype)
