@@ -29,7 +29,7 @@ def _grads_agree(m, x, mask, y, y_ref):
 # -- QRNN ---------------------------------------------------------------------------------------
 def _qrnn_reference(m, x, mask):
     B, n, d = x.shape
-    k, G = m.window, {"f": 2, "fo": 3, "ifo": 4}[m.pooling]
+    k = m.window
     W, bias = m.conv.weight, m.conv.bias                               # (G d, k d)
     y, cs = torch.zeros(B, n, d), []
     for b in range(B):
