@@ -11,8 +11,8 @@ import sys
 from .errors import TevoError
 
 # (package module providing add_commands(subparsers))
-COMMAND_MODULES = ("tevo.train.commands", "tevo.bench.commands", "tevo.interop.commands",
-                   "tevo.analysis.commands")
+COMMAND_MODULES = ("tevo.train.commands", "tevo.train.sweep", "tevo.inference.knn",
+                   "tevo.bench.commands", "tevo.interop.commands", "tevo.analysis.commands")
 
 
 def _list(args) -> int:
