@@ -110,8 +110,10 @@ class Electra(Objective):
         return self
 
     def check_model(self, model) -> None:
+        import inspect
         if getattr(type(model), "has_decoder", False) or getattr(model, "causal", True) \
-                or not hasattr(model, "embed") or getattr(model, "cfg", None) is None:
+                or not hasattr(model, "embed") or getattr(model, "cfg", None) is None \
+                or "predict" not in inspect.signature(model.forward).parameters:
             raise ConfigError("objective", "electra",
                               why=f"electra's discriminator is a bidirectional encoder "
                                   f"(model.arch=bert); this one is {type(model).__name__}")
