@@ -66,6 +66,21 @@ def test_rwkv_greedy_tokens_equal_hf_generate():
         assert torch.equal(ours[b:b + 1], ref)
 
 
+def test_rwkv_rescaled_layers_convert_to_the_unscaled_function():
+    """transformers divides the output weights in place when an RWKV model with rescale_every
+    first runs in eval mode; the import multiplies them back: tevo = HF's training-mode
+    (unscaled) function, which is the checkpoint's."""
+    hf = rwkv(num_hidden_layers=3, rescale_every=1)
+    ids, _ = random_batch(V, batch=2, n=12)
+    with torch.no_grad():
+        hf(ids, use_cache=False)
+        assert hf.rwkv.layers_are_rescaled
+        model = from_hf(hf)
+        hf.train()                                       # transformers undoes the rescaling
+        ref = hf(ids, use_cache=False).logits
+        assert (model(ids).logits - ref).abs().max() <= TOL
+
+
 def test_mamba_greedy_tokens_equal_hf_generate_with_left_padding():
     hf = mamba()
     model = from_hf(hf)

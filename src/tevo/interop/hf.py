@@ -88,7 +88,10 @@ def read_hf(source) -> tuple[Any, dict[str, Tensor]]:
         cfg = transformers.AutoConfig.from_pretrained(str(path), local_files_only=True)
         return cfg, read_safetensors_dir(path)
     if hasattr(source, "config") and hasattr(source, "state_dict"):
-        return source.config, dict(source.state_dict())
+        sd = dict(source.state_dict())
+        _load_families()
+        fam = FAMILIES.get(getattr(source.config, "model_type", None))
+        return source.config, (sd if fam is None else fam.live_state_dict(source, sd))
     raise ConversionError(f"cannot read a Hugging Face model from {type(source).__name__}: "
                           f"give a transformers model or a directory")
 
@@ -170,6 +173,11 @@ class HFFamily:
 
     def weights(self, c, w: Weights, cfg: ModelConfig) -> dict[str, Tensor]:
         raise NotImplementedError
+
+    def live_state_dict(self, model: nn.Module, sd: dict[str, Tensor]) -> dict[str, Tensor]:
+        """The checkpoint's weights from an in-memory model's state dict (default: as they are;
+        RWKV undoes the rescaling transformers applies in place in eval mode)."""
+        return sd
 
     def refine(self, c, w: Weights, data: dict) -> None:
         """Adjust the config dict from the weights themselves (e.g. whether a head is tied)."""

@@ -5,16 +5,21 @@
   ``ln_out`` is the final norm. No position encoding (the recurrence orders the tokens).
 - ``time_mix_*`` (1, 1, d) become the (d,) interpolation weights μ; ``time_decay`` and
   ``time_first`` are kept as they are (w = exp(time_decay), u = time_first).
-- ``rescale_every``: in eval mode transformers halves the residual stream every
-  ``rescale_every`` blocks and divides the output weights to match. Every LayerNorm reads the
-  stream, and LayerNorm is scale-invariant up to its ε, so the function is the same up to
-  ε-level differences (exact for models with at most ``rescale_every`` blocks); tevo runs the
-  unscaled stream.
+- ``rescale_every`` (a half-precision device): in eval mode transformers halves the residual
+  stream after every ``rescale_every`` blocks and divides the blocks' output weights *in place*
+  to match. tevo converts the checkpoint's function, the unscaled stream (training mode, the
+  authors' fp32 inference): weights read from a live model whose layers were rescaled are
+  multiplied back (``live_state_dict``). LayerNorm is scale-invariant except for its ε, so the
+  two differ only in that a stream scaled by 2^-k sees an effective ε·4^k: exact with
+  ``rescale_every=0`` or at most ``rescale_every`` blocks, and otherwise differences of order
+  ε·4^k/Var(x) (6e-4 on a 3-block random model with ``rescale_every=1``).
 - transformers' RWKV ignores the attention mask (it warns "unused"): its outputs for a
   left-padded row depend on the padding tokens. tevo's padded rows equal the unpadded ones, so
   ``check_equivalence`` (and ``tevo convert --check``) compare the two on unpadded input.
 """
 from __future__ import annotations
+
+import re
 
 from torch import Tensor
 
@@ -27,6 +32,18 @@ class RWKV(HFFamily):
     model_types = ("rwkv",)
     prefixes = ("rwkv.",)
     hf_reads_padding = False            # transformers' RWKV ignores attention_mask
+
+    def live_state_dict(self, model, sd: dict[str, Tensor]) -> dict[str, Tensor]:
+        base = getattr(model, "rwkv", model)
+        every = int(getattr(model.config, "rescale_every", 0) or 0)
+        if not (getattr(base, "layers_are_rescaled", False) and every > 0):
+            return sd
+        sd = dict(sd)
+        for k in sd:                                     # undo W / 2^(i // every), in a copy
+            m = re.search(r"blocks\.(\d+)\.(attention\.output|feed_forward\.value)\.weight$", k)
+            if m:
+                sd[k] = sd[k] * 2 ** (int(m.group(1)) // every)
+        return sd
 
     def config(self, c) -> dict:
         d = c.hidden_size
