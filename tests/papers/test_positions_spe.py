@@ -26,7 +26,8 @@ def test_spe_codes_equal_explicit_toeplitz_product():
                     T[c, t, s] = f[c, a]
     torch.testing.assert_close(out, torch.einsum("cts,bcs->bct", T, z), **TOL)
     # the codes of a position do not depend on which window they are computed in
-    pe = StochasticPositionalEncoding(heads=2, head_dim=4, realizations=6, kernel_size=K).eval()
+    pe = StochasticPositionalEncoding(heads=2, head_dim=4, realizations=6, kernel_size=K,
+                                      stage="features").eval()
     wide_q, wide_k = pe.codes(0, 30, 0, "cpu")
     part_q, part_k = pe.codes(11, 19, 0, "cpu")
     torch.testing.assert_close(part_q, wide_q[..., 11:20], **TOL)
@@ -39,8 +40,12 @@ def test_spe_codes_equal_explicit_toeplitz_product():
 def test_spe_kernel_is_relative_in_expectation(gated):
     torch.manual_seed(11)
     m, K, R = 4, 4, 40000
-    pe = StochasticPositionalEncoding(heads=1, head_dim=m, realizations=R, kernel_size=K,
-                                      gated=gated, positive=False).eval()
+    # the default configuration: stage="qk" (SPE on the raw q, k, as in the paper: q̂·k̂ is
+    # what the feature map then reads), no positivity map. Its R = m realizations are i.i.d.
+    # draws of one estimator; R is raised here only so that their mean nears the expectation
+    pe = StochasticPositionalEncoding(heads=1, head_dim=m, kernel_size=K, gated=gated).eval()
+    assert pe.stage == "qk" and pe.R == m
+    pe.R = R
     q, k = torch.randn(1, 1, 1, m), torch.randn(1, 1, 1, m)
     fq, fk = pe.filter_q.detach(), pe.filter_k.detach()
     g = torch.sigmoid(pe.gate.detach()) if gated else torch.zeros(m)
@@ -109,3 +114,31 @@ def test_spe_inside_linear_mixer_decodes_like_full_pass():
         y, st = m(x[:, t:t + 1], ctx.replace(positions=ctx.positions[:, t:t + 1]), st)
         outs.append(y)
     torch.testing.assert_close(torch.cat(outs, 1), full, **TOL)
+
+
+@pytest.mark.skipif("performer" not in MIXERS, reason="the performer mixer is not registered")
+@pytest.mark.parametrize("mixer", ["performer", "linear", "cosformer"])
+def test_spe_is_applied_before_the_mixers_feature_map(mixer):
+    """As in the paper, the mixer's feature map reads SPE's q̂, k̂ (not the reverse): the
+    mixer's features equal φ(SPE(q, k)); stage="features" keeps the reverse order."""
+    torch.manual_seed(14)
+    m = make_mixer(mixer, True)
+    e = m.head_dim
+    pe = StochasticPositionalEncoding(heads=m.heads, head_dim=e, kernel_size=4).eval()
+    x = torch.randn(2, 7, 16)
+    ctx = ctx_for(x, True, pos=pe)
+    q, k = torch.randn(2, m.heads, 7, e), torch.randn(2, m.heads, 7, e)
+    fq, fk = m.features(q, k, ctx, ctx.positions)
+    sq, sk = pe.features(q, k, ctx.positions, ctx.positions)
+    bare = ctx_for(x, True)
+    rq, rk = m.features(sq, sk, bare, ctx.positions)
+    torch.testing.assert_close(fq, rq, **TOL)
+    torch.testing.assert_close(fk, rk, **TOL)
+    if mixer == "cosformer":                 # its hook sits between relu and the reweighting
+        return
+    late = StochasticPositionalEncoding(heads=m.heads, head_dim=e, kernel_size=4,
+                                        realizations=8, stage="features").eval()
+    late.load_state_dict(pe.state_dict())
+    gq, _ = m.features(q, k, ctx_for(x, True, pos=late), ctx.positions)
+    mq, mk = m.features(q, k, bare, ctx.positions)
+    torch.testing.assert_close(gq, late.features(mq, mk, ctx.positions, ctx.positions)[0], **TOL)

@@ -16,9 +16,14 @@ tevo specifics (why):
     keys and later queries see one realization, and prefill + steps == one full pass;
     in training a fresh seed is drawn per call (new realizations, as the reference does);
   - q̂, k̂ are scaled by R^{-1/2} so q̂·k̂ is an unbiased estimate of the kernel above;
-  - the ``feature`` hook receives φ(q), φ(k); SPE is applied to them and, with
-    ``positive=True``, followed by elu+1 so that kernel attention's normaliser stays positive
-    (the paper applies the feature map after SPE for the same reason).
+  - where it is applied (``stage``): by default (``"qk"``) as in the paper (§3.3, and the
+    reference's ``SPEFilter`` placed before the Performer), on the raw queries and keys — the
+    mixer then applies its feature map to q̂, k̂ — so q̂·k̂ is the relative kernel above in
+    expectation and the feature map keeps kernel attention's normaliser positive. The mixer
+    calls ``features`` before its map when the encoding sets ``before_feature_map``. Since the
+    feature map reads q̂ as a query of the same size, ``realizations`` is the per-head size
+    there. ``stage="features"`` applies SPE to φ(q), φ(k) instead (a tevo variant), followed,
+    with ``positive=True``, by elu+1 to keep the normaliser positive.
 Complexity: time O(R·C·(n+K) log(n+K)) for the codes (C = heads·features) plus O(n·C·R),
 memory O(R·C·(n+K)); parameters 2·C·K (+ C gates). Output features: R per head.
 """
@@ -35,6 +40,7 @@ from ..registry import POSITIONS
 from .base import PositionEncoding
 
 _M32 = 0xFFFFFFFF
+STAGES = ("qk", "features")
 
 
 def _mix32(x: Tensor) -> Tensor:
@@ -77,24 +83,35 @@ def causal_conv_fft(z: Tensor, f: Tensor) -> Tensor:
                  "RPE (Luo et al., 2021); Translational Equivariance in Kernelizable Attention "
                  "(Horn et al., 2021)",
     equation="convSPE: Q̄ = Z*f^Q, K̄ = Z*f^K (FFT), q̂_i = Σ_d Q̄_d(i) q_id, "
-             "E[q̂_i·k̂_j] = Σ_d q_id k_jd P_d(j-i)",
+             "E[q̂_i·k̂_j] = Σ_d q_id k_jd P_d(j-i); then the mixer's φ(q̂), φ(k̂)",
     complexity=("O(R C n log n)", "O(R C n)"),
     test="tests/papers/test_positions_spe.py::test_spe_codes_equal_explicit_toeplitz_product",
-    tiny={"realizations": 8, "kernel_size": 4})
+    tiny={"kernel_size": 4})
 class StochasticPositionalEncoding(PositionEncoding):
-    """Convolutional SPE on the feature-mapped queries/keys of kernel attention."""
+    """Convolutional SPE on the queries/keys of kernel attention, before its feature map."""
 
     hooks = frozenset({"feature"})
     translation_invariant = "in expectation"   # over the noise: see the paper test
 
     def __init__(self, heads: int = 4, head_dim: int = 64, features: int | None = None,
-                 realizations: int = 64, kernel_size: int = 32, gated: bool = True,
-                 positive: bool = True, seed: int = 0):
+                 realizations: int | None = None, kernel_size: int = 32, gated: bool = True,
+                 positive: bool = True, seed: int = 0, stage: str = "qk"):
         super().__init__()
-        if realizations < 1 or kernel_size < 1:
+        if stage not in STAGES:
+            raise ConfigError("position.stage", stage, STAGES)
+        self.heads, self.m = heads, head_dim if features is None else int(features)
+        if realizations is None:
+            realizations = self.m if stage == "qk" else 64
+        if int(realizations) < 1 or int(kernel_size) < 1:
             raise ConfigError("position.realizations", realizations,
                               why="realizations and kernel_size must be >= 1")
-        self.heads, self.m = heads, head_dim if features is None else int(features)
+        if stage == "qk" and int(realizations) != self.m:
+            raise ConfigError("position.realizations", realizations,
+                              why=f"with stage=qk the mixer's feature map reads q̂ in place of q, "
+                                  f"so realizations must equal the per-head size {self.m} "
+                                  f"(or set stage=features)")
+        self.stage = stage
+        self.before_feature_map = stage == "qk"
         self.R, self.K = int(realizations), int(kernel_size)
         self.gated, self.positive, self.seed = bool(gated), bool(positive), int(seed)
         C = heads * self.m
@@ -137,6 +154,6 @@ class StochasticPositionalEncoding(PositionEncoding):
         seed = int(torch.randint(0, 2 ** 31 - 1, (1,))) if self.training else self.seed
         qbar, kbar = self.codes(lo, hi, seed, fq.device)
         qh, kh = self.encode(fq, qbar, q_pos, lo), self.encode(fk, kbar, k_pos, lo)
-        if self.positive:
+        if self.positive and self.stage == "features":
             qh, kh = F.elu(qh) + 1, F.elu(kh) + 1
         return qh.to(fq.dtype), kh.to(fk.dtype)

@@ -86,6 +86,18 @@ def real_counts(mask: Tensor | None, B: int, n: int, causal: bool, before: Tenso
     return c if before is None else c + before[:, None].float()
 
 
+
+def feature_hook_before(pos, q: Tensor, k: Tensor, q_pos: Tensor):
+    """The ``feature`` hook of an encoding that acts on the raw queries and keys (it sets
+    ``before_feature_map``, e.g. SPE as in its paper): applied here, before the mixer's feature
+    map. Returns (q, k, whether the hook is still to be applied to the mapped features)."""
+    if pos is None or "feature" not in pos.hooks:
+        return q, k, False
+    if getattr(pos, "before_feature_map", False):
+        q, k = pos.features(q, k, q_pos, q_pos)
+        return q, k, False
+    return q, k, True
+
 class KernelAttention(Mixer):
     """Multi-head kernel attention φ(Q)(φ(K)ᵀV) with a pluggable feature map and three forms."""
 
@@ -126,11 +138,11 @@ class KernelAttention(Mixer):
         return None, None
 
     def features(self, q: Tensor, k: Tensor, ctx: MixerContext, q_pos: Tensor):
+        q, k, after = feature_hook_before(ctx.pos, q, k, q_pos)
         fq = self.fmap(q, q_pos, is_query=True)
         fk = self.fmap(k, q_pos, is_query=False)
-        pos = ctx.pos
-        if pos is not None and "feature" in pos.hooks:
-            fq, fk = pos.features(fq, fk, q_pos, q_pos)
+        if after:
+            fq, fk = ctx.pos.features(fq, fk, q_pos, q_pos)
         return fq * self.scale if self.scale != 1.0 else fq, fk
 
     # -- forward -------------------------------------------------------------------------------

@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 
 from ...registry import MIXERS
-from .common import KernelAttention
+from .common import KernelAttention, feature_hook_before
 
 
 @MIXERS.register(
@@ -36,8 +36,8 @@ class CosFormer(KernelAttention):
                          max_len)
 
     def features(self, q, k, ctx, q_pos):
+        q, k, after = feature_hook_before(ctx.pos, q, k, q_pos)
         rq, rk = F.relu(q), F.relu(k)
-        pos = ctx.pos
-        if pos is not None and "feature" in pos.hooks:
-            rq, rk = pos.features(rq, rk, q_pos, q_pos)
+        if after:
+            rq, rk = ctx.pos.features(rq, rk, q_pos, q_pos)
         return self.fmap.reweight(rq, q_pos), self.fmap.reweight(rk, q_pos)

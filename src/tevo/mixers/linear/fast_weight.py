@@ -22,7 +22,8 @@ from ...nn.chunked import DELTA_FORMS, check_form, delta_rule, fp32_region, upca
 from ...nn.context import MixerContext
 from ...registry import MIXERS
 from ..base import Mixer, Supports
-from .common import KERNEL_POSITIONS, head_dims, merge_heads, project_qkv, rotate_qk
+from .common import (KERNEL_POSITIONS, feature_hook_before, head_dims, merge_heads, project_qkv,
+                     rotate_qk)
 from .feature_maps import build_feature_map
 
 
@@ -52,8 +53,9 @@ class DeltaRuleBase(Mixer):
         return {}
 
     def phi(self, q: Tensor, k: Tensor, ctx: MixerContext, pos: Tensor):
+        q, k, after = feature_hook_before(ctx.pos, q, k, pos)
         fq, fk = self.fmap(q, pos, is_query=True), self.fmap(k, pos)
-        if ctx.pos is not None and "feature" in ctx.pos.hooks:
+        if after:
             fq, fk = ctx.pos.features(fq, fk, pos, pos)
         if self.sum_normalize:                  # §4.3: φ(x)/Σφ(x)
             fq = fq / fq.sum(-1, keepdim=True).clamp_min(self.eps)
