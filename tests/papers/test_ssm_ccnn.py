@@ -61,7 +61,8 @@ def test_ccnn_fft_equals_loop_and_decode_and_bidirectional():
     bidirectional_matches_loop(make_mixer("ccnn", False, hidden=8, layers=2, init_size=0.5))
 
 
-@pytest.mark.parametrize("opts,field", [({"hidden": 0}, "hidden"), ({"init_size": 0.0}, "init_size"),
+@pytest.mark.parametrize("opts,field", [({"hidden": 0}, "hidden"),
+                                        ({"init_size": 0.0}, "init_size"),
                                         ({"kernel_len": 0}, "kernel_len")])
 def test_ccnn_bad_options(opts, field):
     with pytest.raises(ConfigError, match=field) as e:

@@ -120,7 +120,7 @@ def hippo_n(P: int) -> tuple[Tensor, Tensor]:
     test="tests/papers/test_ssm_s4d.py::test_s5_scan_equals_recurrence_equals_convolution",
     tiny={"state_size": 8})
 class S5(Mixer):
-    """S5: one MIMO diagonal SSM (HiPPO-N init) over all channels, parallel scan, recurrent decode."""
+    """S5: one MIMO diagonal SSM (HiPPO-N init) over all channels; scan, recurrent decode."""
 
     supports = Supports(causal=True, bidirectional=False, cache=True)
 

@@ -4,7 +4,7 @@ geometrically growing scales with decaying weights.
 Paper: What Makes Convolutional Models Great on Long Sequence Modeling? (Li, Cai, Zhang, Chen &
 Dey, ICLR 2023), §3.2, eq. 2, as in the authors' ``GConv`` (mode "cat"):
 
-    k = (1/Z) · Concat(α⁰ Up_{1}(w₀), α¹ Up_{1}(w₁), α² Up_{2}(w₂), …, α^{S−1} Up_{2^{S−2}}(w_{S−1}))
+    k = (1/Z) · Concat(α⁰ Up₁(w₀), α¹ Up₁(w₁), α² Up₂(w₂), …, α^{S−1} Up_{2^{S−2}}(w_{S−1}))
 
 w_i ∈ ℝ^{d×m} (m = ``kernel_dim`` parameters per scale), Up_r linear interpolation by a factor
 r = 2^{max(i−1, 0)}, so sub-kernel i covers taps [m·2^{i−1}, m·2^i) and the kernel doubles its
