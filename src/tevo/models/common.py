@@ -107,3 +107,36 @@ def token_positions(state: dict | None, full_mask: Tensor | None, B: int, n: int
     if full_mask is not None:
         return positions_from_mask(full_mask, n)
     return (torch.arange(n, device=device) + past_len).unsqueeze(0).expand(B, n)
+
+
+def extra_options(cfg: ModelConfig, arch: str, spec: dict) -> dict:
+    """Typed, ranged architecture options from ``model.extra``: ``spec`` maps a name to
+    (default, type, low, high) with int/float bounds inclusive (None: unbounded) or to
+    (default, tuple of choices). An unknown key or a bad value is one ConfigError line."""
+    from ..errors import ConfigError
+    ex = dict(cfg.extra or {})
+    unknown = sorted(set(ex) - set(spec))
+    if unknown:
+        raise ConfigError(f"model.extra.{unknown[0]}", ex[unknown[0]], sorted(spec),
+                          why=f"not an option of arch {arch!r}")
+    out = {}
+    for k, s in spec.items():
+        v = ex.get(k, s[0])
+        if isinstance(s[1], tuple):
+            if v not in s[1]:
+                raise ConfigError(f"model.extra.{k}", v, list(s[1]))
+        else:
+            typ, lo, hi = s[1], s[2], s[3]
+            ok = not isinstance(v, bool) and (isinstance(v, int) if typ is int
+                                              else isinstance(v, (int, float)))
+            if ok and typ is float:
+                ok = math.isfinite(v)
+            if not ok or (lo is not None and v < lo) or (hi is not None and v > hi):
+                rng = " and ".join(x for x in ((f">= {lo}" if lo is not None else ""),
+                                               (f"<= {hi}" if hi is not None else "")) if x)
+                raise ConfigError(f"model.extra.{k}", v,
+                                  why=f"expected {'an integer' if typ is int else 'a number'}"
+                                      f"{' ' + rng if rng else ''}")
+            v = typ(v)
+        out[k] = v
+    return out
