@@ -80,6 +80,10 @@ class XLMemory(nn.Module):
         _check_mem_len(mem_len)
         check_wrappable(cfg, "xl_memory", dims, ["mem_len"])
 
+    def layer_len(self, layer: int) -> int:
+        """How many rows layer ``layer`` keeps as memory (all: mem_len)."""
+        return self.mem_len
+
     # -- state ----------------------------------------------------------------------------
     def init_memory(self, batch: int, device=None, dtype=None) -> dict:
         """Empty memory: per layer (B, 0, d) hidden states, their positions (B, 0), their padding
@@ -108,7 +112,7 @@ class XLMemory(nn.Module):
                              f"{memory['seen'].shape[0]}, the call has {len(model.blocks)} × {B}")
         seen = memory["seen"].to(dev)                                   # (B,)
         pos, mask = segment_positions(seen, attention_mask, n, "xl_memory")   # (B, n) each
-        m = mems[0].shape[1] if mems else 0
+        m = memory["positions"].shape[1]                                # the longest layer memory
         mem_mask = memory["mask"]
         key_mask = None                                                 # (B, m + n)
         if mask is not None or mem_mask is not None:
@@ -125,16 +129,22 @@ class XLMemory(nn.Module):
                            pos=model.pos)
         new_mems = []
         for i, blk in enumerate(model.blocks.blocks):
-            ctx.layer, ctx.n_layers = i, len(model.blocks)
-            h_tilde = torch.cat([mems[i].detach().to(x.dtype), x], 1)   # (B, m + n, d)
-            y, _ = blk(h_tilde, ctx, None)                              # causal over m + n rows
-            new_mems.append(h_tilde[:, -self.mem_len:].detach())        # (B, ≤M, d)
+            mi = mems[i].shape[1]                   # layers may keep less (sparse_long_memory)
+            lctx = ctx if mi == m else ctx.replace(
+                positions=all_pos[:, m - mi:],
+                key_padding_mask=None if key_mask is None else key_mask[:, m - mi:])
+            lctx.layer, lctx.n_layers = i, len(model.blocks)
+            h_tilde = torch.cat([mems[i].detach().to(x.dtype), x], 1)   # (B, m_i + n, d)
+            y, _ = blk(h_tilde, lctx, None)                             # causal over m_i + n rows
+            keep = min(self.layer_len(i), h_tilde.shape[1])
+            new_mems.append(h_tilde[:, h_tilde.shape[1] - keep:].detach())   # (B, ≤M_i, d)
             x = y[:, -n:]                                               # (B, n, d) = h^i
         if model.norm is not None:
             x = model.norm(x)
         logits = model.head(x)                                          # (B, n, V)
-        new_memory = {"layers": new_mems, "positions": all_pos[:, -self.mem_len:],
-                      "mask": None if key_mask is None else key_mask[:, -self.mem_len:],
+        M = min(max(self.layer_len(i) for i in range(len(mems))), all_pos.shape[1])
+        new_memory = {"layers": new_mems, "positions": all_pos[:, all_pos.shape[1] - M:],
+                      "mask": None if key_mask is None else key_mask[:, key_mask.shape[1] - M:],
                       "seen": seen + (n if mask is None else mask.long().sum(-1))}
         return ModelOutput(logits, new_memory, ctx.aux_loss(), None, {"aux": ctx.aux})
 
