@@ -176,3 +176,20 @@ def test_peephole_recurrence_backward_is_the_exact_adjoint():
     m[1, :2] = 0
     args = (mk(B, n, d), mk(B, n, d), mk(B, n, d), mk(2, d), mk(2, d), mk(B, d), m)
     assert torch.autograd.gradcheck(lambda *a: PeepholeRecurrence.apply(*a), args)
+
+
+def test_srupp_chunked_prefill_equals_full_pass():
+    """Chunks longer than the window (the tiled band path) continuing from a key/value state."""
+    from tevo.nn.context import MixerContext, positions_from_mask
+    m = make_mixer("srupp", True, proj=8, heads=2, window=3)
+    _perturb(m)
+    x, mask = left_padded(n=16)
+    y, _ = m(x, ctx(x, True, mask))
+    st, ys = m.init_state(2), []
+    for a, b in [(0, 5), (5, 11), (11, 16)]:
+        c = MixerContext(causal=True, key_padding_mask=mask[:, :b],
+                         positions=positions_from_mask(mask[:, :b], b - a))
+        yy, st = m(x[:, a:b], c, st)
+        ys.append(yy)
+    assert_rel_close(torch.cat(ys, 1)[mask], y[mask], 1e-5)
+    assert st["k"].shape == (2, 2, 2, 4)

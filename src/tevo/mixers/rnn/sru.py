@@ -40,6 +40,7 @@ from torch import Tensor, nn
 
 from ...errors import ConfigError
 from ...nn.attention import sdpa_attention
+from ...nn.blocksparse import band_tables, merge_partials, tile_attention
 from ...nn.chunked import fp32_region, upcast
 from ...nn.context import MixerContext
 from ...nn.masks import attention_mask
@@ -237,13 +238,33 @@ class SRUpp(SRU):
             vh = torch.cat([state["v"], vh], 2)
         n_k = kh.shape[2]
         kpm = None if ctx.key_padding_mask is None else ctx.key_padding_mask[:, -n_k:]
-        mask = attention_mask(n, n_k, ctx.causal, kpm, x.device)
-        if self.window:                                           # keys of the last w tokens
-            i = torch.arange(n, device=x.device)[:, None] + (n_k - n)
-            band = (i - torch.arange(n_k, device=x.device)[None, :]) < self.window
-            mask = band[None, None] if mask is None else mask & band
-        keep = n_k if not self.window else min(n_k, self.window - 1)
+        w = self.window
+        if w and n > w:                                           # band of the last w keys,
+            a = self._band_attention(qh, kh, vh, kpm, w)          # tiled: O(n w), no n × n
+        else:
+            mask = attention_mask(n, n_k, ctx.causal, kpm, x.device)
+            if w:                                                 # keys of the last w tokens
+                i = torch.arange(n, device=x.device)[:, None] + (n_k - n)
+                band = (i - torch.arange(n_k, device=x.device)[None, :]) < w
+                mask = band[None, None] if mask is None else mask & band
+            a = sdpa_attention(qh, kh, vh, mask=mask)             # (B, H, n, e)
+        keep = n_k if not w else min(n_k, w - 1)
         extra = {} if state is None else {"k": kh[:, :, n_k - keep:], "v": vh[:, :, n_k - keep:]}
-        a = sdpa_attention(qh, kh, vh, mask=mask)                 # (B, H, n, e)
         a = a.transpose(1, 2).reshape(B, n, self.proj)
         return self.o_proj(self.norm(q + self.alpha * a)), extra
+
+    @staticmethod
+    def _band_attention(q: Tensor, k: Tensor, v: Tensor, kpm: Tensor | None, w: int) -> Tensor:
+        """Causal attention of q (B, H, n, e) to the keys 0..w−1 places back, by the shared tiled
+        kernel (``tevo.nn.blocksparse``): blocks of w queries see their 2w − 1 nearest keys."""
+        B, n, n_k = q.shape[0], q.shape[2], k.shape[2]
+        off = n_k - n                                             # query i is key off + i
+        q_idx, k_idx = band_tables(n, n_k, off, w, w - 1, 0, device=q.device)
+        q_pos = (torch.arange(n, device=q.device) + off).expand(B, n)
+        k_pos = torch.arange(n_k, device=q.device).expand(B, n_k)
+
+        def allow(qp, kp):
+            return (qp - kp >= 0) & (qp - kp < w)
+
+        part = tile_attention(q, k, v, q_idx, k_idx, q_pos, k_pos, kpm, allow=allow)
+        return merge_partials([part], q.dtype)
