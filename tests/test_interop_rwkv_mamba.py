@@ -120,3 +120,20 @@ def test_convert_cli_checks_mamba_through_a_run_directory(tmp_path, capsys):
     out = json.loads(capsys.readouterr().out)
     assert rc == 0 and out["check"]["max_abs_diff"] <= TOL, out
     assert check_equivalence(hf, load_run(tmp_path / "run"))["max_abs_diff"] <= TOL
+
+
+@pytest.mark.parametrize("preset,make", [("rwkv4", rwkv), ("mamba", mamba)])
+def test_presets_are_the_converted_architecture(preset, make):
+    """The shipped presets build what the HF import builds (same blocks, norms, positions,
+    head tying); only the sizes differ."""
+    from tevo.config import model_config
+    conv = from_hf(make()).cfg
+    ref = model_config(preset)
+    for key in ("arch", "layout", "residual", "position", "embedding_norm", "tie_embeddings"):
+        assert getattr(ref, key) == getattr(conv, key), key
+    for key in ("mixer", "norm"):
+        a, b = getattr(ref, key), getattr(conv, key)
+        assert (a["name"] if isinstance(a, dict) else a) == (b["name"] if isinstance(b, dict)
+                                                              else b), key
+    if "f" in ref.layout.split():
+        assert ref.ffn["name"] == conv.ffn["name"]
