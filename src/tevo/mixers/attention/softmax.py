@@ -100,13 +100,21 @@ class MultiHeadAttentionBase(Mixer):
         v = self._split(self.v_proj(x), self.kv_heads)
         k_pos = q_pos
         pos = ctx.pos
-        if pos is not None and "qk" in pos.hooks:
+        rotate = pos is not None and "qk" in pos.hooks
+        # xPos (and any encoding that asks) encodes all keys at each call, centred on the call's
+        # queries, so the cache holds raw keys (as torchscale does); only where the scores are
+        # plain dot products (``attend`` not overridden), in which the centre cancels
+        per_call = (rotate and getattr(pos, "encodes_keys_per_call", False)
+                    and type(self).attend is MultiHeadAttentionBase.attend)
+        if rotate and not per_call:
             q, k = pos.rotate(q, k, q_pos, k_pos)
         if state is not None and "k" in state:                   # append to the KV cache
             k = torch.cat([state["k"], k], 2)
             v = torch.cat([state["v"], v], 2)
             k_pos = torch.cat([state["pos"], k_pos], 1)
         new_state = None if state is None else {"k": k, "v": v, "pos": k_pos}
+        if per_call:
+            q, k = pos.rotate_call(q, k, q_pos, k_pos)
         n_k = k.shape[2]
         kpm = ctx.key_padding_mask
         if kpm is not None and kpm.shape[1] != n_k:
