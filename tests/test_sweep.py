@@ -101,3 +101,17 @@ def test_match_params_keeps_the_parameter_count_and_bad_input_is_one_line(corpus
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and "\n" not in err
     assert not (tmp_path / "bad").exists()            # checked before anything is written
+
+
+def test_deeper_wider_study_writes_its_table_from_a_sweep(tmp_path):
+    from tevo.bench._run import run
+    rep, = run("deeper_wider", quick=True, out=str(tmp_path), depths=[1, 2], steps=2,
+               seeds=[0, 1], jobs=1, d_model=32)
+    page = (tmp_path / "deeper_wider.md").read_text()
+    assert "Smoke test, not a result" in page and "| 2 | 24 |" in page
+    rows = rep.data["rows"]
+    assert [r["point"]["model.n_layers"] for r in rows] == [1, 2]
+    assert abs(rows[1]["params"] - rows[0]["params"]) / rows[0]["params"] < 0.05
+    assert rows[1]["verdict"] in ("no measurable difference", "better than baseline",
+                                  "worse than baseline")
+    assert len(list((tmp_path / "deeper_wider_runs" / "runs").glob("*/summary.json"))) == 4

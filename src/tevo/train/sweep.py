@@ -145,7 +145,8 @@ class Sweep:
         return [(p, s) for p in self.grid_points() for s in self.seeds]
 
     def overrides_for(self, point: dict, seed: int) -> list[str]:
-        return [*self.overrides, *(f"{k}={_value_text(v)}" for k, v in point.items()),
+        base = [o for o in self.overrides if o.split("=", 1)[0] not in point]   # the point's win
+        return [*base, *(f"{k}={_value_text(v)}" for k, v in point.items()),
                 f"train.seed={seed}", f"train.out_dir={self.run_dir(point, seed)}",
                 "train.progress=false", "train.threads=1"]
 
