@@ -25,7 +25,7 @@ def upsample_linear(w, r):
 
 
 def test_sgconv_kernel_is_multiscale_concat_with_decay():
-    m = make_mixer("sgconv", True, kernel_dim=4, decay=0.3)    # L = 64: scales 4,4,8,16,32
+    m = make_mixer("sgconv", True, kernel_dim=4, decay=0.3, kernel_len=64)  # 4,4,8,16,32
     assert m.scales == 1 + math.ceil(math.log2(64 / 4)) == 5
     parts = [upsample_linear(w.detach(), 2 ** max(i - 1, 0)) * 0.3 ** i
              for i, w in enumerate(m.weights)]

@@ -70,7 +70,7 @@ class MAGNet(nn.Module):
     complexity=("O(d n log n + L h²) train; O(d L + L h²) per decoded token",
                 "O(d n) train; O(d L) state"),
     test="tests/papers/test_ssm_ccnn.py::test_ccnn_kernel_is_a_windowed_magnet",
-    tiny={"hidden": 8, "layers": 2, "init_size": 0.5})
+    tiny={"hidden": 8, "layers": 2, "init_size": 0.5, "kernel_len": 8})
 class CCNN(FlexConv):
     """CCNN's SepFlexConv: MAGNet kernel × learned Gaussian window, depthwise, then pointwise."""
 

@@ -105,7 +105,7 @@ class ContinuousKernelConv(LongConvMixer):
     complexity=("O(d n log n + L h²) train; O(d L + L h²) per decoded token",
                 "O(d n) train; O(d L) state; O(h² + h d) parameters"),
     test="tests/papers/test_ssm_ckconv.py::test_ckconv_kernel_is_an_mlp_of_relative_positions",
-    tiny={"hidden": 8, "layers": 2})
+    tiny={"hidden": 8, "layers": 2, "kernel_len": 8})
 class CKConv(ContinuousKernelConv):
     """CKConv: a SIREN of the relative position generates every tap (depthwise, FFT conv)."""
 
@@ -123,7 +123,7 @@ class CKConv(ContinuousKernelConv):
     complexity=("O(d n log n + L h²) train; O(d L + L h²) per decoded token",
                 "O(d n) train; O(d L) state"),
     test="tests/papers/test_ssm_ckconv.py::test_flexconv_learned_width_sets_the_kernel_size",
-    tiny={"hidden": 8, "layers": 2, "init_size": 0.5})
+    tiny={"hidden": 8, "layers": 2, "init_size": 0.5, "kernel_len": 8})
 class FlexConv(ContinuousKernelConv):
     """FlexConv: CKConv times a learnable Gaussian window: a kernel size learned by gradient."""
 

@@ -89,7 +89,7 @@ class HyenaFilter(nn.Module):
     complexity=("O(N d n log n) train; O(N L d) per decoded token",
                 "O(N d n) train; O(N L d) state"),
     test="tests/papers/test_ssm_hyena.py::test_hyena_fft_conv_equals_direct_conv_loop",
-    tiny={"order": 2, "filter_width": 8})
+    tiny={"order": 2, "filter_width": 8, "kernel_len": 8})
 class Hyena(Mixer):
     """Hyena operator: gates and implicit long filters, FFT convolutions, ring-buffer decoding."""
 

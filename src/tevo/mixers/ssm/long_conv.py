@@ -47,7 +47,7 @@ def smooth(k: Tensor, window: int) -> Tensor:
     complexity=("O(d n log n) train; O(d L) per decoded token", "O(d n) train; O(d L) state"),
     test="tests/papers/test_ssm_long_conv.py::test_long_conv_kernel_is_squashed_smoothed_"
          "explicit_kernel",
-    tiny={})
+    tiny={"kernel_len": 8})
 class LongConv(LongConvMixer):
     """Explicit long convolution kernels with Squash/Smooth regularisation (FFT conv)."""
 

@@ -35,7 +35,7 @@ from .common import LongConvMixer, check_float, resolve_kernel_len
              "scales; y = GLU(W GELU(k*u + D u))",
     complexity=("O(d n log n) train; O(d L) per decoded token", "O(d m log L) parameters"),
     test="tests/papers/test_ssm_sgconv.py::test_sgconv_kernel_is_multiscale_concat_with_decay",
-    tiny={"kernel_dim": 4})
+    tiny={"kernel_dim": 2, "kernel_len": 8})
 class SGConv(LongConvMixer):
     """SGConv: multi-scale concatenated sub-kernels with decay (FFT conv)."""
 
