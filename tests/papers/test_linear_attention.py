@@ -101,7 +101,7 @@ def test_bad_options_are_one_line_config_errors():
 
 RECURRENT = ["linear", "performer", "rfa", "learned_kernel", "cosformer", "simpletron",
              "momentum", "fast_weight", "recurrent_fwp", "flowformer", "flash_linear", "aft",
-             "daft", "separable", "yoso"]
+             "aft_mixture", "separable", "yoso"]
 
 
 @pytest.mark.parametrize("name", RECURRENT)

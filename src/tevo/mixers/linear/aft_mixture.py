@@ -1,17 +1,18 @@
-"""DAFT: the Attention Free Transformer with a decomposable position bias, linear in n.
+"""AFT mixture: the Attention Free Transformer with a rank-r mixture position bias, linear in n.
 
-Paper: A Dot Product Attention Free Transformer (DAFT; Zhai et al., ICLR 2022 submission — the
-revised AFT): an attention map per channel that decomposes, so it is never materialised.
-
-We implement the decomposition of AFT-full's pairwise bias into r non-negative rank-one terms,
+tevo's own construction (not a published mechanism): it was first registered as "daft" under
+A Dot Product Attention Free Transformer (DAFT; Zhai et al., ICLR 2022 submission), whose
+"decomposable attention map" is not this factorisation, hence its own name here. It builds on
+AFT-full (An Attention Free Transformer, Zhai et al., 2021, eq. 2) and replaces the learned
+pairwise bias by r non-negative rank-one terms,
     exp(w_{t,t'}) = Σ_r exp(a_{t,r}) exp(b_{t',r})      (a, b: learned per absolute position)
 which turns AFT-full (O(n² d)) into r cumulative softmax averages (O(n r d)):
     Y_t = σ(Q_t) ⊙ Σ_r exp(a_{t,r}) N_{t,r} / Σ_r exp(a_{t,r}) D_{t,r},
     N_{t,r} = Σ_{t'≤t} exp(K_{t'} + b_{t',r}) ⊙ V_{t'},   D_{t,r} = Σ_{t'≤t} exp(K_{t'} + b_{t',r})
          = σ(Q_t) ⊙ Σ_r softmax_r(a_{t,r} + log D_{t,r}) · (N_{t,r}/D_{t,r})
 N/D and log D come from the stable cumulative softmax average (``parallel_scan``); the recurrent
-state is (log D, N/D) per factor: O(r d), independent of n. (Our reading of "decomposable": the
-submission's text is not restated here; with r = 1 and a = b = 0 it is AFT-simple.)
+state is (log D, N/D) per factor: O(r d), independent of n. With r = 1 and a = b = 0 it is
+AFT-simple.
 Complexity: time O(n r d), memory O(n r d); state O(r d).
 """
 from __future__ import annotations
@@ -28,13 +29,13 @@ from ..base import Mixer, Supports
 
 
 @MIXERS.register(
-    "daft", paper="A Dot Product Attention Free Transformer (Zhai et al., ICLR 2022 submission)",
+    "aft_mixture", paper="tevo construction on An Attention Free Transformer (Zhai et al., 2021)",
     equation="AFT eq. 2 with exp(w_{t,t'}) = Σ_r exp(a_{t,r} + b_{t',r}): Y_t = σ(Q_t) ⊙ "
              "Σ_r e^{a_tr} Σ_{t'} e^{K_t'+b_t'r} V_t' / Σ_r e^{a_tr} Σ_{t'} e^{K_t'+b_t'r}",
     complexity=("O(n r d)", "O(n r d); state O(r d)"),
-    test="tests/papers/test_linear_daft.py::test_decomposed_bias_equals_explicit_aft_full",
+    test="tests/papers/test_linear_aft_mixture.py::test_decomposed_bias_equals_explicit_aft_full",
     tiny={"rank": 3})
-class DecomposableAFT(Mixer):
+class AFTMixture(Mixer):
     """AFT with a rank-r non-negative decomposition of exp(w): linear time, O(r d) state."""
 
     supports = Supports(causal=True, bidirectional=True, cross=False, cache=True,
@@ -62,7 +63,7 @@ class DecomposableAFT(Mixer):
         q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
         pos = ctx.query_positions(x)
         if pos.numel() and int(pos.max()) >= self.max_len:
-            raise InputError(f"position {int(pos.max())} is past DAFT's factor tables "
+            raise InputError(f"position {int(pos.max())} is past aft_mixture's factor tables "
                              f"(max_len={self.max_len})")
         mask = ctx.query_mask(n)
         dtype = v.dtype

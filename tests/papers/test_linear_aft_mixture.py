@@ -1,4 +1,4 @@
-"""DAFT: the rank-r decomposed bias equals AFT-full with the explicit bias
+"""AFT mixture (tevo's construction): the rank-r decomposed bias equals AFT-full with the explicit bias
 w_{t,t'} = log Σ_r exp(a_{t,r} + b_{t',r}); forms agree; decoding continues; r = 1 with zero
 factors is AFT-simple."""
 import pytest
@@ -11,7 +11,7 @@ from papers.linear_reference import (assert_rel_close, ctx, forms_agree, left_pa
 
 @pytest.mark.parametrize("causal", [True, False])
 def test_decomposed_bias_equals_explicit_aft_full(causal):
-    m = make_mixer("daft", causal, rank=3)
+    m = make_mixer("aft_mixture", causal, rank=3)
     with torch.no_grad():
         m.a.normal_(0, 1.0)
         m.b.normal_(0, 1.0)
@@ -35,7 +35,7 @@ def test_decomposed_bias_equals_explicit_aft_full(causal):
 
 
 def test_rank_one_zero_factors_is_aft_simple():
-    dm = make_mixer("daft", True, rank=1)
+    dm = make_mixer("aft_mixture", True, rank=1)
     am = make_mixer("aft", True, variant="simple")
     am.load_state_dict(dm.state_dict(), strict=False)
     with torch.no_grad():
@@ -46,8 +46,8 @@ def test_rank_one_zero_factors_is_aft_simple():
                      1e-5)
 
 
-def test_daft_forms_and_decoding_agree():
-    m = make_mixer("daft", True, rank=3)
+def test_aft_mixture_forms_and_decoding_agree():
+    m = make_mixer("aft_mixture", True, rank=3)
     x, mask = left_padded()
     forms_agree(m, ["parallel", "scan", "recurrent"], x, mask)
     y_inc, y_full, st = prefill_then_steps(m, x, mask)
