@@ -98,7 +98,8 @@ def test_bad_inputs_are_one_line_errors(run, corpus, tmp_path, capsys):
     assert cli.main(["eval", str(tmp_path)]) == 2
     assert "not a tevo run" in _error_line(capsys)
     assert cli.main(["train", *tiny(corpus, tmp_path / "e"), "objective=nope"]) == 2
-    assert "valid: clm, mlm, seq2seq" in _error_line(capsys)
+    line = _error_line(capsys)
+    assert "valid: clm," in line and all(n in line for n in ("mlm", "seq2seq"))
 
 
 def test_unknown_characters_for_a_chars_run(corpus, tmp_path, capsys):
@@ -141,7 +142,7 @@ def test_eval_on_other_text_uses_the_runs_tokenizer_and_keeps_its_cache(corpus, 
         return json.loads(capsys.readouterr().out)
 
     base = ev()
-    assert ev("--data", f"path={corpus}")["loss"] == base["loss"]         # same text, same ids
+    assert ev("--data", f"path={corpus}", "--split", "val")["loss"] == base["loss"]   # same ids
     other = tmp_path / "other.txt"
     other.write_text(corpus.read_text()[::-1])                            # same characters
     assert ev("--data", f"data.path={other}")["loss"] != base["loss"]

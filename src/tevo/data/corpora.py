@@ -141,6 +141,18 @@ class PathCorpus(Corpus):
         self.path, self.pattern = Path(path).expanduser(), pattern
         self.val_fraction, self.test_fraction = float(val_fraction), float(test_fraction)
 
+    def whole_text(self) -> str:
+        """The whole file (or every document, in name order), unsplit: what ``tevo eval RUN
+        --data path=FILE`` scores."""
+        p = self.path
+        if p.is_file():
+            text = _read_text(p)
+            if text is None:
+                raise InputError(f"{p} is not a UTF-8 text file")
+            return text
+        s = self.splits()
+        return "".join(s[k] for k in SPLITS)
+
     def splits(self) -> dict[str, str]:
         p = self.path
         if not p.exists():
@@ -259,6 +271,16 @@ def corpus_spec(data) -> tuple[str, dict]:
     if data.path and name in ("path", "hf") and "path" not in kw and "data_files" not in kw:
         kw["path"] = data.path
     return name, kw
+
+
+def load_whole_text(data) -> str:
+    """The whole text of a DataConfig's corpus, unsplit (a file as it is)."""
+    name, kw = corpus_spec(data)
+    corpus = CORPORA.build({"name": name, **kw}, "data.corpus")
+    if hasattr(corpus, "whole_text"):
+        return corpus.whole_text()
+    s = corpus.splits()
+    return "".join(s[k] for k in SPLITS)
 
 
 def load_corpus(data) -> dict[str, str]:

@@ -3,20 +3,37 @@
 so loading never executes pickled code). Each checkpoint is a folder written under a temporary
 name and renamed into place (atomic), and only the last ``keep_last`` are kept:
 
-    RUN/checkpoints/step_00001000/{model.safetensors, state.pt}
+    RUN/checkpoints/step_00001000/{model.safetensors, state.pt, manifest.json}
+
+``manifest.json`` holds each file's size and SHA-256. Readers (``open_checkpoint``) open the
+files first and read them whole, so a checkpoint pruned by a running trainer meanwhile is still
+read intact (or, if it vanished before it was opened, the next newest is taken), and verify the
+checksums: a damaged checkpoint (truncated, overwritten) is skipped, with a one-line warning,
+for the newest intact one.
 """
 from __future__ import annotations
 
+import hashlib
+import io
+import json
 import os
 import random
 import re
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors.torch import load as load_bytes
 from safetensors.torch import load_file, save_file
 from torch import nn
+
+from ..errors import InputError, TevoError
+
+
+class DamagedCheckpoint(TevoError):
+    """A checkpoint file is missing, truncated or does not match its manifest checksum."""
 
 
 def state_dict_for_save(model: nn.Module, full: dict | None = None) -> dict:
@@ -45,7 +62,9 @@ def save_weights(model: nn.Module, path) -> None:
 
 
 def load_weights(model: nn.Module, path, strict: bool = True) -> None:
-    sd = load_file(str(path))
+    """Load a safetensors file (a path, or its bytes) into ``model``; tied tensors are restored
+    through the module."""
+    sd = load_bytes(path) if isinstance(path, (bytes, bytearray)) else load_file(str(path))
     missing, unexpected = model.load_state_dict(sd, strict=False)
     tied = {k for k in missing if _is_tied(model, k, sd)}
     missing = [k for k in missing if k not in tied]
@@ -66,6 +85,7 @@ def _is_tied(model: nn.Module, key: str, sd: dict) -> bool:
 CKPT_DIR = "checkpoints"
 WEIGHTS = "model.safetensors"
 STATE = "state.pt"
+MANIFEST = "manifest.json"
 _STEP_DIR = re.compile(r"^step_(\d+)$")
 
 
@@ -84,19 +104,39 @@ def latest_checkpoint(run_dir) -> Path | None:
     return ck[-1] if ck else None
 
 
+def _digest(path: Path) -> dict:
+    h, n = hashlib.sha256(), 0
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+            n += len(block)
+    return {"bytes": n, "sha256": h.hexdigest()}
+
+
+def remove_leftovers(run_dir) -> None:
+    """Remove half-written checkpoint folders (``.tmp_step_*``) that a killed writer left; the
+    caller holds the run folder (``claim``), so no other writer is using them."""
+    root = Path(run_dir) / CKPT_DIR
+    if root.is_dir():
+        for p in root.glob(".tmp_step_*"):
+            shutil.rmtree(p, ignore_errors=True)
+
+
 def save_checkpoint(run_dir, step: int, model: nn.Module, state: dict, keep_last: int = 2,
                     weights: dict | None = None) -> Path:
-    """Write weights + state under a temporary name, rename it into place, prune old ones.
-    ``weights``: the tensors to write instead of ``model``'s (e.g. gathered from FSDP shards)."""
+    """Write weights + state + manifest (checksums) under a temporary name, rename it into place,
+    prune old ones. ``weights``: the tensors to write instead of ``model``'s (e.g. gathered from
+    FSDP shards)."""
     root = Path(run_dir) / CKPT_DIR
     root.mkdir(parents=True, exist_ok=True)
+    remove_leftovers(run_dir)
     final = root / f"step_{step:08d}"
     tmp = root / f".tmp_step_{step:08d}_{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
     tmp.mkdir()
     save_file(state_dict_for_save(model) if weights is None else weights, str(tmp / WEIGHTS))
     torch.save(state, tmp / STATE)
+    manifest = {"step": step, "files": {n: _digest(tmp / n) for n in (WEIGHTS, STATE)}}
+    (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
     if final.exists():                     # the same step saved again (e.g. stop right after)
         shutil.rmtree(final)
     os.replace(tmp, final)
@@ -106,12 +146,87 @@ def save_checkpoint(run_dir, step: int, model: nn.Module, state: dict, keep_last
     return final
 
 
-def load_checkpoint(path, model: nn.Module | None = None, map_location="cpu") -> dict:
-    """Load weights into ``model`` (if given) and return the state dict (weights_only)."""
+def read_checkpoint(path, names=(WEIGHTS, STATE)) -> dict[str, bytes]:
+    """The bytes of ``names`` in checkpoint folder ``path``, all opened before any is read (so a
+    concurrent prune cannot take them away half-way) and checked against the manifest. Raises
+    FileNotFoundError if the folder vanished before the files were opened, DamagedCheckpoint if
+    a file is truncated or altered."""
     path = Path(path)
+    handles = {}
+    try:
+        try:
+            manifest = json.loads((path / MANIFEST).read_text())
+        except FileNotFoundError:
+            if not path.is_dir():
+                raise
+            manifest = None                # written before checksums existed: trusted as is
+        except ValueError:
+            raise DamagedCheckpoint(f"{path}: {MANIFEST} is not valid JSON") from None
+        for n in names:
+            handles[n] = open(path / n, "rb")
+        blobs = {n: f.read() for n, f in handles.items()}
+    finally:
+        for f in handles.values():
+            f.close()
+    if manifest is not None:
+        for n, blob in blobs.items():
+            want = manifest.get("files", {}).get(n)
+            if want is None:
+                continue
+            if len(blob) != want["bytes"]:
+                raise DamagedCheckpoint(f"{path / n}: {len(blob)} bytes, the manifest says "
+                                        f"{want['bytes']} (truncated)")
+            if hashlib.sha256(blob).hexdigest() != want["sha256"]:
+                raise DamagedCheckpoint(f"{path / n}: checksum does not match the manifest")
+    return blobs
+
+
+def open_checkpoint(run_dir, names=(WEIGHTS, STATE), checkpoint=None):
+    """(folder, {name: bytes}) of the newest intact checkpoint of ``run_dir`` (or of the given
+    ``checkpoint`` folder), or (None, {}) when there is none. Damaged checkpoints are skipped
+    with a one-line warning on stderr; one pruned while being resolved is replaced by the next
+    newest."""
+    if checkpoint is not None:
+        try:
+            return Path(checkpoint), read_checkpoint(checkpoint, names)
+        except FileNotFoundError as e:
+            raise InputError(f"checkpoint {checkpoint}: {e.strerror}: {e.filename}") from None
+    for _ in range(10):                    # each retry: a checkpoint vanished under a prune
+        damaged = []
+        for ck in reversed(list_checkpoints(run_dir)):
+            try:
+                blobs = read_checkpoint(ck, names)
+            except FileNotFoundError:
+                break                      # pruned meanwhile: list again
+            except DamagedCheckpoint as e:
+                damaged.append(str(e))
+                continue
+            for d in damaged:
+                print(f"warning: {d}; skipping this checkpoint", file=sys.stderr, flush=True)
+            if damaged:
+                print(f"warning: using {ck}, the newest intact checkpoint", file=sys.stderr,
+                      flush=True)
+            return ck, blobs
+        else:
+            if damaged:
+                raise DamagedCheckpoint(f"every checkpoint in {Path(run_dir) / CKPT_DIR} is "
+                                        f"damaged (newest: {damaged[0]})")
+            return None, {}
+    raise InputError(f"{run_dir}: checkpoints kept vanishing while being read")
+
+
+def load_state(blob: bytes, map_location="cpu") -> dict:
+    """A training state from the bytes of ``state.pt`` (weights_only: never executes code)."""
+    return torch.load(io.BytesIO(blob), map_location=map_location, weights_only=True)
+
+
+def load_checkpoint(path, model: nn.Module | None = None, map_location="cpu") -> dict:
+    """Load weights into ``model`` (if given) and return the state dict (weights_only), after
+    checking both files against the manifest."""
+    blobs = read_checkpoint(path, (WEIGHTS, STATE) if model is not None else (STATE,))
     if model is not None:
-        load_weights(model, path / WEIGHTS)
-    return torch.load(path / STATE, map_location=map_location, weights_only=True)
+        load_weights(model, blobs[WEIGHTS])
+    return load_state(blobs[STATE], map_location)
 
 
 def rng_state() -> dict:

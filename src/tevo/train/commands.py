@@ -55,8 +55,30 @@ def _train(args) -> int:
     distributed.barrier()                  # under torchrun: leave the process group together
     distributed.cleanup()
     if args.json:
-        print(json.dumps(summary, indent=1))
+        print(json.dumps(_json_safe(summary), indent=1, allow_nan=False))
+    if summary.get("stopped") == "interrupted":     # as shells expect: 130 for Ctrl-C
+        return 128 + int(summary.get("signal", 2))
     return 0
+
+
+def _json_safe(v):
+    """NaN and ±Inf as null, so that --json output is valid JSON."""
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    if isinstance(v, dict):
+        return {k: _json_safe(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_json_safe(x) for x in v]
+    return v
+
+
+def _non_finite(out: dict) -> list[str]:
+    """The metrics of an evaluation that are NaN or infinite (per length too)."""
+    bad = [k for k, v in out.items() if isinstance(v, float) and not math.isfinite(v)]
+    for r in out.get("lengths") or []:
+        bad += [f"{k}@{r['length']}" for k, v in r.items()
+                if isinstance(v, float) and not math.isfinite(v)]
+    return bad
 
 
 def _lengths(text: str | None) -> list[int]:
@@ -92,14 +114,26 @@ def _run_threads(run):
 
 
 def _eval(args) -> int:
+    from ..errors import TevoError
     from .run import load_run
-    run = load_run(args.run_dir, args.device, data_overrides=args.data)
+    whole = bool(args.data) and args.split is None     # other text: all of it, unless --split
+    args.split = "all" if whole else (args.split or "val")
+    run = load_run(args.run_dir, args.device, data_overrides=args.data, whole=whole)
     with _run_threads(run):
         out = _evaluate_run(run, args)
+    bad = _non_finite(out)
     if args.json:
-        print(json.dumps(out, indent=1))
-        return 0
-    _print_eval(run, args, out)
+        print(json.dumps(_json_safe(out), indent=1, allow_nan=False))
+    if bad:
+        msg = (f"the evaluation of {run.checkpoint} is not finite ({', '.join(bad[:4])}): the "
+               f"weights are damaged or training diverged")
+        if args.json:
+            import sys
+            print(f"error: {msg}", file=sys.stderr)
+            return 1
+        raise TevoError(msg)
+    if not args.json:
+        _print_eval(run, args, out)
     return 0
 
 
@@ -112,6 +146,10 @@ def _evaluate_run(run, args) -> dict:
            "split": args.split}
     out.update(evaluate(run.model, run.objective, run.data, args.split, bs, args.max_batches,
                         run.device, tc.precision))
+    if not out.get("eval_tokens"):
+        from ..errors import InputError
+        raise InputError(f"the {args.split} split holds no complete window of "
+                         f"{run.data.seq_len} tokens; lower data.seq_len (--data seq_len=N)")
     if lengths:
         out["lengths"] = evaluate_lengths(run.model, run.objective, run.data, lengths,
                                           args.split, bs * run.data.seq_len, args.max_batches,
@@ -235,7 +273,8 @@ def add_commands(sub) -> None:
 
     p = sub.add_parser("eval", help="evaluate a run's latest checkpoint on a split")
     p.add_argument("run_dir")
-    p.add_argument("--split", default="val", choices=["train", "val", "test"])
+    p.add_argument("--split", default=None, choices=["train", "val", "test"],
+                   help="default: val; with --data, the whole text unless a split is given")
     p.add_argument("--lengths", help="comma-separated sequence lengths, evaluated one by one "
                                      "(length extrapolation), e.g. 256,512,1024")
     p.add_argument("--max-batches", type=int, default=None,

@@ -26,6 +26,7 @@ import json
 import math
 import os
 import random
+import shutil
 import signal
 import threading
 import time
@@ -35,14 +36,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..config import RunConfig, save_config, validate_model
+from ..config import RunConfig, save_config, validate, validate_model
 from ..data.pipeline import batch_to, build_data, slice_batch
 from ..errors import ConfigError, InputError, TevoError
 from ..objectives.base import MetricSums
 from ..registry import MODELS, OBJECTIVES
 from . import distributed
-from .checkpoint import WEIGHTS, latest_checkpoint, load_checkpoint, rng_state, \
-    save_checkpoint, set_rng_state
+from .checkpoint import STATE, WEIGHTS, load_state, load_weights, open_checkpoint, \
+    remove_leftovers, rng_state, save_checkpoint, set_rng_state
+from .claim import claim_existing, claim_new
 from .evaluate import autocast, evaluate, resolve_precision
 from .log import MetricsLog, ProgressDisplay, plot_losses
 from .optim import Schedule, build_optimizer, clip_gradients, has_sparse_gradients
@@ -79,20 +81,9 @@ def count_params(model) -> int:
 
 
 def _check_train(cfg: RunConfig) -> None:
+    """What field declarations cannot say (their types and ranges: ``validate``)."""
+    validate(cfg)
     t = cfg.train
-    for k in ("log_every",):
-        if int(getattr(t, k)) < 1:
-            raise ConfigError(f"train.{k}", getattr(t, k), why="must be >= 1")
-    for k in ("eval_every", "ckpt_every", "keep_last", "warmup", "eval_batches"):
-        if int(getattr(t, k)) < 0:
-            raise ConfigError(f"train.{k}", getattr(t, k), why="must be >= 0")
-    if t.max_minutes is not None and float(t.max_minutes) <= 0:
-        raise ConfigError("train.max_minutes", t.max_minutes, why="must be > 0 (or null)")
-    if t.final_eval_batches is not None and int(t.final_eval_batches) < 1:
-        raise ConfigError("train.final_eval_batches", t.final_eval_batches,
-                          why="must be >= 1 (or null for the whole split)")
-    if float(t.lr) <= 0:
-        raise ConfigError("train.lr", t.lr, why="must be > 0")
     if t.threads not in (None, "auto") and (not isinstance(t.threads, int) or t.threads < 1):
         raise ConfigError("train.threads", t.threads, why="expected null, auto or an integer >= 1")
 
@@ -117,6 +108,28 @@ class Trainer:
     """Builds data, model, optimiser from a RunConfig and trains it into a run folder."""
 
     def __init__(self, cfg: RunConfig, run_dir=None, resume: bool = False):
+        self._claim, self._fresh = None, False
+        try:
+            self._init(cfg, run_dir, resume)
+        except BaseException:
+            self._abandon()
+            raise
+
+    def _abandon(self) -> None:
+        """A run that failed before training: remove the folder this run created (it holds at
+        most a tokenized copy of the data), and release the claim."""
+        run_dir = getattr(self, "run_dir", None)
+        if self._fresh and run_dir is not None and not (run_dir / "checkpoints").exists():
+            shutil.rmtree(run_dir, ignore_errors=True)
+        self.release()
+
+    def release(self) -> None:
+        """Give up the run folder's lock (at the end of ``fit``)."""
+        if self._claim is not None:
+            self._claim.release()
+            self._claim = None
+
+    def _init(self, cfg: RunConfig, run_dir, resume: bool) -> None:
         self.t_start = time.time()
         cfg = copy.deepcopy(cfg)
         _check_train(cfg)
@@ -133,11 +146,16 @@ class Trainer:
                               why=f"must be a multiple of grad_accum × processes = "
                                   f"{tc.grad_accum} × {d.world}")
         self.micro = per_rank
-        if run_dir is None:
-            run_dir = tc.out_dir if resume else new_run_dir(tc.out_dir)
+        if d.is_main:                    # claimed atomically, locked for the run's life
+            if run_dir is None and not resume:
+                run_dir, self._claim = claim_new(tc.out_dir)
+                self._fresh = True
+            else:
+                run_dir = Path(tc.out_dir if run_dir is None else run_dir)
+                self._fresh = not run_dir.exists()
+                self._claim = claim_existing(run_dir)
+            remove_leftovers(run_dir)
         self.run_dir = Path(distributed.broadcast_object(str(run_dir)))
-        if d.is_main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
         distributed.barrier()
 
         seed_everything(tc.seed)
@@ -145,6 +163,8 @@ class Trainer:
         self.data = build_data(cfg, self.objective, self.run_dir, d.is_main, distributed.barrier)
         self.objective.setup(self.data.vocab_size, self.data.special_ids)
         cfg.model.vocab_size = int(self.data.vocab_size)
+        for k, v in getattr(self.data, "model_fields", {}).items():   # image size, channels
+            setattr(cfg.model, k, v)
         need = _longest_sequence(self.data)
         if cfg.model.max_len < need:
             raise ConfigError("model.max_len", cfg.model.max_len,
@@ -203,11 +223,12 @@ class Trainer:
 
     # -- resume ---------------------------------------------------------------------------------
     def _resume(self) -> None:
-        ck = latest_checkpoint(self.run_dir)
+        ck, blobs = open_checkpoint(self.run_dir, (STATE,) if self.fsdp else (WEIGHTS, STATE))
         if ck is None:
             raise TevoError(f"no checkpoint to resume from in {self.run_dir}")
-        st = load_checkpoint(ck, None if self.fsdp else self.model,
-                             map_location="cpu" if self.fsdp else self.device)
+        if not self.fsdp:
+            load_weights(self.model, blobs[WEIGHTS])
+        st = load_state(blobs[STATE], "cpu" if self.fsdp else self.device)
         if "optimizer" not in st or "data" not in st:
             raise TevoError(f"{ck} holds weights but no training state (a converted model?); "
                             f"it can be evaluated or fine-tuned from, not resumed")
@@ -269,6 +290,7 @@ class Trainer:
         batch = self.data.train_batch(int(tc.batch_size))
         n_tokens = sum(v.numel() for k, v in batch.items() if k in ("input_ids", "src_ids",
                                                                    "tgt_ids"))
+        n_tokens += len(batch["images"]) if "images" in batch else 0     # images count as one
         base = d.rank * self.micro * tc.grad_accum
         sums = MetricSums()
         for k in range(tc.grad_accum):
@@ -315,6 +337,7 @@ class Trainer:
                 signal.signal(signal.SIGINT, signal.default_int_handler)
                 raise KeyboardInterrupt
             self.stop_requested = True
+            self.stop_signal = int(signum)        # the exit status says which (128 + signum)
         for s in (signal.SIGINT, signal.SIGTERM):
             old[s] = signal.signal(s, handler)
         return old
@@ -380,8 +403,11 @@ class Trainer:
                     if d.is_main:
                         print(f"stopped at step {s}; checkpoint {ck}; continue with: "
                               f"tevo train --resume {self.run_dir}", flush=True)
-                    return {"stopped": stopped, "step": s, "run_dir": str(self.run_dir),
-                            "checkpoint": str(ck) if ck else None}
+                    out = {"stopped": stopped, "step": s, "run_dir": str(self.run_dir),
+                           "checkpoint": str(ck) if ck else None}
+                    if self.stop_requested:
+                        out["signal"] = getattr(self, "stop_signal", int(signal.SIGINT))
+                    return out
                 if time_up:
                     stopped = "time budget"
                     break
@@ -390,6 +416,7 @@ class Trainer:
                 self.save()
             return self.finish(stopped or "steps", log)
         finally:
+            self.release()
             torch.set_num_threads(old_threads)
             bar.close()
             for s, h in old_handlers.items():
