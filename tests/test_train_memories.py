@@ -21,6 +21,8 @@ MEMORIES = {
             "model.memory={name: rmt, mem_tokens: 4, segment: 16, bptt: 2}"],
     "sparse_long_memory": ["model.position=xl_relative",
                            "model.memory={name: sparse_long_memory, mem_len: 32, short_len: 8}"],
+    "memorizing": ["model.position=rope",
+                   "model.memory={name: memorizing, mem_len: 16, mem_size: 64, k: 4}"],
     "block_recurrent": ["model.position=rope",
                         "model.memory={name: block_recurrent, block: 16, states: 4, heads: 2}"],
 }

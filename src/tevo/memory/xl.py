@@ -80,6 +80,12 @@ class XLMemory(nn.Module):
         _check_mem_len(mem_len)
         check_wrappable(cfg, "xl_memory", dims, ["mem_len"])
 
+    def run_layer(self, i: int, blk: nn.Module, h_tilde: Tensor, ctx: MixerContext,
+                  memory: dict, extra: dict) -> Tensor:
+        """Layer i on [memory ∘ segment] rows (B, m_i + n, d) -> (B, m_i + n, d). Memories that
+        change one layer (memorizing) override it and put their own state in ``extra``."""
+        return blk(h_tilde, ctx, None)[0]
+
     def layer_len(self, layer: int) -> int:
         """How many rows layer ``layer`` keeps as memory (all: mem_len)."""
         return self.mem_len
@@ -127,7 +133,7 @@ class XLMemory(nn.Module):
         x = model.embed_tokens(input_ids, pos)                          # (B, n, d) = h^0
         ctx = MixerContext(causal=True, key_padding_mask=key_mask, positions=all_pos,
                            pos=model.pos)
-        new_mems = []
+        new_mems, extra = [], {}
         for i, blk in enumerate(model.blocks.blocks):
             mi = mems[i].shape[1]                   # layers may keep less (sparse_long_memory)
             lctx = ctx if mi == m else ctx.replace(
@@ -135,7 +141,7 @@ class XLMemory(nn.Module):
                 key_padding_mask=None if key_mask is None else key_mask[:, m - mi:])
             lctx.layer, lctx.n_layers = i, len(model.blocks)
             h_tilde = torch.cat([mems[i].detach().to(x.dtype), x], 1)   # (B, m_i + n, d)
-            y, _ = blk(h_tilde, lctx, None)                             # causal over m_i + n rows
+            y = self.run_layer(i, blk, h_tilde, lctx, memory, extra)    # causal over m_i + n rows
             keep = min(self.layer_len(i), h_tilde.shape[1])
             new_mems.append(h_tilde[:, h_tilde.shape[1] - keep:].detach())   # (B, ≤M_i, d)
             x = y[:, -n:]                                               # (B, n, d) = h^i
@@ -145,7 +151,7 @@ class XLMemory(nn.Module):
         M = min(max(self.layer_len(i) for i in range(len(mems))), all_pos.shape[1])
         new_memory = {"layers": new_mems, "positions": all_pos[:, all_pos.shape[1] - M:],
                       "mask": None if key_mask is None else key_mask[:, key_mask.shape[1] - M:],
-                      "seen": seen + (n if mask is None else mask.long().sum(-1))}
+                      "seen": seen + (n if mask is None else mask.long().sum(-1)), **extra}
         return ModelOutput(logits, new_memory, ctx.aux_loss(), None, {"aux": ctx.aux})
 
 

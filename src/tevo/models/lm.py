@@ -44,7 +44,7 @@ class LanguageModel(nn.Module):
         self.pos = build_position(cfg)
         self.emb_norm = build_norm(cfg) if cfg.embedding_norm else None
         self.drop = nn.Dropout(cfg.dropout)
-        self.blocks = BlockStack(cfg, self.causal)
+        self.blocks = self.build_blocks(cfg)
         rev = (cfg.extra or {}).get("reversible")
         if rev:                           # Reformer's reversible layers (tevo.peft.reversible)
             spec = {"name": "reversible", **({} if rev is True else dict(rev))}
@@ -59,6 +59,12 @@ class LanguageModel(nn.Module):
         self.memory = (None if cfg.memory is None else
                        MEMORIES.build(cfg.memory, "model.memory", d_model=d,
                                       n_layers=cfg.n_layers))
+        if hasattr(self.memory, "bind"):         # parameters sized by the model's layers
+            self.memory.bind(self)
+
+    def build_blocks(self, cfg: ModelConfig) -> nn.Module:
+        """The layer stack; architectures with other layers (Branchformer) override it."""
+        return BlockStack(cfg, self.causal)
 
     def init_state(self, batch: int, device=None, dtype=None) -> dict:
         return {"layers": self.blocks.init_state(batch, device, dtype), "mask": None, "length": 0}
