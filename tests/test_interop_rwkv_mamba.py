@@ -89,6 +89,18 @@ def test_mamba_greedy_tokens_equal_hf_generate_with_left_padding():
     assert torch.equal(greedy_tevo(model, ids, mask, 20), ref)
 
 
+def test_mamba_beam_search_equals_hf_generate_num_beams():
+    """The fixed-size state (conv window, SSM state) is reordered with the beams."""
+    from tevo.inference.beam import beam_search
+    hf = mamba()
+    model = from_hf(hf)
+    ids, _ = random_batch(V, batch=1, n=8, seed=5)
+    ours = beam_search(model, ids, num_beams=3, max_new_tokens=10).sequences
+    ref = hf.generate(ids, num_beams=3, max_new_tokens=10, do_sample=False,
+                      early_stopping=False)
+    assert torch.equal(ours, ref)
+
+
 def test_mamba_with_in_proj_bias_keeps_padding_out():
     """With use_bias=True transformers' padded rows see in_proj's bias at padding positions
     (it masks before in_proj); tevo's padded rows equal the unpadded ones, which equal HF's."""
