@@ -190,6 +190,17 @@ def test_damaged_latest_checkpoint_falls_back_with_a_warning(trained, tmp_path, 
         err.strip()
 
 
+def test_truncated_checkpoint_without_manifest_falls_back(trained, tmp_path, capsys):
+    """Checkpoints written before manifests (or by tevo convert) are checked for a whole file."""
+    run = _copy(trained, tmp_path)
+    for ck in list_checkpoints(run):
+        (ck / MANIFEST).unlink()
+    w = run / "checkpoints/step_00000008" / WEIGHTS
+    w.write_bytes(w.read_bytes()[:-100])
+    rc, out, err = _eval_json(capsys, run)
+    assert rc == 0 and out["step"] == 4 and "not a complete safetensors file" in err
+
+
 def test_non_finite_evaluation_is_an_error_and_json_stays_valid(trained, tmp_path, capsys):
     run = _copy(trained, tmp_path)
     from tevo.train.run import load_run

@@ -168,6 +168,8 @@ def read_checkpoint(path, names=(WEIGHTS, STATE)) -> dict[str, bytes]:
     finally:
         for f in handles.values():
             f.close()
+    if manifest is None and WEIGHTS in blobs:   # no checksums: at least a whole file
+        _check_safetensors(blobs[WEIGHTS], path / WEIGHTS)
     if manifest is not None:
         for n, blob in blobs.items():
             want = manifest.get("files", {}).get(n)
@@ -179,6 +181,20 @@ def read_checkpoint(path, names=(WEIGHTS, STATE)) -> dict[str, bytes]:
             if hashlib.sha256(blob).hexdigest() != want["sha256"]:
                 raise DamagedCheckpoint(f"{path / n}: checksum does not match the manifest")
     return blobs
+
+
+def _check_safetensors(blob: bytes, where: Path) -> None:
+    """A safetensors file is an 8-byte header length, a JSON header and the tensor bytes the
+    header's offsets cover exactly: anything else is truncated or not safetensors."""
+    try:
+        n = int.from_bytes(blob[:8], "little")
+        header = json.loads(blob[8:8 + n]) if 8 <= 8 + n <= len(blob) else None
+        end = max((t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"),
+                  default=0) if isinstance(header, dict) else None
+    except (ValueError, TypeError, KeyError, IndexError):
+        end = None
+    if end is None or 8 + n + end != len(blob):
+        raise DamagedCheckpoint(f"{where}: not a complete safetensors file (truncated)")
 
 
 def open_checkpoint(run_dir, names=(WEIGHTS, STATE), checkpoint=None):
