@@ -124,8 +124,9 @@ def test_unsupported_option_is_named(make, option):
         from_hf(make())
 
 
-def test_convert_cli_checks_mamba_through_a_run_directory(tmp_path, capsys):
-    hf = mamba()
+@pytest.mark.parametrize("make", [rwkv, mamba], ids=["rwkv", "mamba"])
+def test_convert_cli_checks_through_a_run_directory(make, tmp_path, capsys):
+    hf = make()
     hf.save_pretrained(tmp_path / "hf")
     rc = main(["convert", "--from-hf", str(tmp_path / "hf"), "--out", str(tmp_path / "run"),
                "--check", "--json"])
