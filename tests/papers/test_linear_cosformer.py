@@ -21,6 +21,9 @@ def test_cosformer_equals_reweighted_relu_attention(causal):
     h, e, M = m.heads, m.head_dim, m.fmap.M
     q, k, v = (p(x).view(B, n, h, e).transpose(1, 2) for p in (m.q_proj, m.k_proj, m.v_proj))
     pos = (mask.long().cumsum(-1) - 1).clamp_min(0).float()  # positions skip padding
+    if not causal:                                           # M = each sequence's length
+        M = mask.sum(-1).float()[:, None, None]
+        assert not torch.equal(M.flatten(), torch.full((B,), float(m.fmap.M)))
     w = torch.cos(math.pi / 2 * (pos[:, :, None] - pos[:, None, :]) / M)   # (B, n, n)
     s = (q.relu() @ k.relu().transpose(-1, -2)) * w[:, None]
     s = s * mask[:, None, None, :]

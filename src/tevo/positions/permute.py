@@ -11,6 +11,12 @@ O(n) recurrent form is unchanged: this is why it fits kernel attention (``featur
 offset o of a cycle of length c goes to the element at offset (o + p) mod c.
 Permutations come from a seeded generator (0xdeadbeefdeadbeef as in the reference), one per
 key/value head, so they are the same in every layer and are rebuilt, not stored.
+Not included: the reference's per-head decay (language_model/permute: q_i ·= r_h^i,
+k_j ·= r_h^{-j} with r_h = sigmoid(3h/H + 2) ∈ [0.88, 0.99], so scores carry r_h^{i-j}). Written
+as factors on φ(q), φ(k) it overflows fp32 past ~700 positions for the smallest r_h (the reference
+trains on short windows), and a stable form is a decay of the mixer's recurrent state, which the
+``feature`` hook cannot express; this encoding is the permutation alone (scores exactly
+φ(q_i)·P^{j-i}φ(k_j), no decay), and a decayed variant is a mixer-side gate (RFA's ``gate``).
 Complexity: time O(n m) for the gather, memory O(n m); no parameters.
 """
 from __future__ import annotations

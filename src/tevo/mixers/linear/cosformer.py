@@ -9,7 +9,10 @@ the linear-attention posts of the survey (relu feature maps).
 
 A ``feature`` position hook (PermuteFormer, SPE) acts on relu(q), relu(k) before the
 reweighting, so it sees head_dim features. Positions i are absolute token positions (padding
-skipped), M = max_len (fixed so a decoded token sees the same weights as in a full pass). Complexity: time O(n d²), memory O(n d + h d²);
+skipped). M is the sequence length as in the paper (eq. 9): each row's number of tokens in the
+bidirectional form; in the causal form, where a decoded token cannot know the final length,
+M = max_len (the training window, the length of the paper's autoregressive blocks), so decoding
+sees the same weights as a full pass. Complexity: time O(n d²), memory O(n d + h d²);
 parallel / chunk / recurrent forms through the shared kernel.
 """
 from __future__ import annotations
@@ -40,4 +43,7 @@ class CosFormer(KernelAttention):
         rq, rk = F.relu(q), F.relu(k)
         if after:
             rq, rk = ctx.pos.features(rq, rk, q_pos, q_pos)
-        return self.fmap.reweight(rq, q_pos), self.fmap.reweight(rk, q_pos)
+        # M = the sequence length (each row's, padding skipped) in the bidirectional form, as
+        # in the paper; causal: max_len, since a decoded token cannot know the final length
+        M = None if ctx.causal else q_pos.max(dim=1).values + 1            # (B,)
+        return self.fmap.reweight(rq, q_pos, M), self.fmap.reweight(rk, q_pos, M)

@@ -143,8 +143,9 @@ class DPFP(FeatureMap):
     complexity=("O(n e)", "O(n e)"), test=TEST + "test_cosformer_reweighting_is_cos_distance")
 class CosReweighting(FeatureMap):
     """relu features split into cos/sin parts by absolute position, so the product carries the
-    locality weight cos(π(i−j)/2M). M = max_len (fixed, so decoding and padding agree; the paper
-    uses the sequence length, which a causal model cannot know in advance)."""
+    locality weight cos(π(i−j)/2M). M is the sequence length, as in the paper: the cosformer
+    mixer passes each row's length for bidirectional attention; the default (causal, where the
+    final length is unknown while decoding) is max_len, the training window length."""
 
     def __init__(self, head_dim: int, max_len: int = 4096):
         super().__init__(head_dim)
@@ -154,11 +155,13 @@ class CosReweighting(FeatureMap):
     def forward(self, x, positions=None, is_query=False):
         return self.reweight(F.relu(x), positions)
 
-    def reweight(self, r: Tensor, positions: Tensor | None) -> Tensor:
-        """[r cos(πi/2M), r sin(πi/2M)] for non-negative features r (B, h, n, m)."""
+    def reweight(self, r: Tensor, positions: Tensor | None, M: Tensor | None = None) -> Tensor:
+        """[r cos(πi/2M), r sin(πi/2M)] for non-negative features r (B, h, n, m); ``M``: (B,)
+        per-row lengths (default max_len)."""
         if positions is None:
             positions = torch.arange(r.shape[-2], device=r.device).unsqueeze(0)
-        ang = (math.pi / 2) * positions.to(r.dtype) / self.M           # (B, n)
+        M = self.M if M is None else M.to(r.dtype)[:, None]            # int | (B, 1)
+        ang = (math.pi / 2) * positions.to(r.dtype) / M                # (B, n)
         ang = ang[:, None, :, None]                                    # (B, 1, n, 1)
         return torch.cat([r * ang.cos(), r * ang.sin()], -1)
 
