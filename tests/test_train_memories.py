@@ -23,6 +23,9 @@ MEMORIES = {
                            "model.memory={name: sparse_long_memory, mem_len: 32, short_len: 8}"],
     "memorizing": ["model.position=rope",
                    "model.memory={name: memorizing, mem_len: 16, mem_size: 64, k: 4}"],
+    "autocompressor": ["model.position=learned", "model.max_len=64",
+                       "model.memory={name: autocompressor, summary: 2, segment: 16, bptt: 2, "
+                       "max_summaries: 16}"],
     "block_recurrent": ["model.position=rope",
                         "model.memory={name: block_recurrent, block: 16, states: 4, heads: 2}"],
 }
