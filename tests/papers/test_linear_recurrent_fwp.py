@@ -42,3 +42,45 @@ def test_decoding_continues_with_padding():
     y_inc, y_full, st = prefill_then_steps(m, x, mask)
     assert_rel_close(y_inc[mask], y_full[mask], 1e-5)
     assert set(st) == {"S", "y"}
+
+
+def test_feedback_path_equals_an_explicit_loop_of_eqs_8_to_13():
+    """The whole recurrence against a plain per-head loop of the paper's equations: the slow net
+    reads R·tanh(y_{t-1}) (the previous output of all heads, before W^O), β goes through a
+    sigmoid, the delta rule writes W_t, and y_t = W_tᵀφ(q_t). A layer that fed back y_t, skipped
+    the tanh or the β feedback, or read another head's slice would fail here."""
+    torch.manual_seed(3)
+    m = make_mixer("recurrent_fwp", True, feature_map=DPFP)
+    with torch.no_grad():
+        m.r_proj.weight.normal_(0, 0.5)
+    B, n, h, e = 2, 7, m.heads, m.head_dim
+    x = torch.randn(B, n, 16)
+    y, _ = m(x, ctx(x, True))
+    Rq, Rk, Rv, Rb = m.r_proj.weight.detach().split([h * e, h * e, h * e, h], 0)
+
+    def phi(t):                                            # DPFP then φ/Σφ (§4.3)
+        f = m.fmap(t.view(1, 1, 1, e), None)[0, 0, 0]
+        return f / f.sum()
+    outs = torch.zeros(B, n, h * e)
+    with torch.no_grad():
+        for b in range(B):
+            W = [None] * h
+            y_prev = torch.zeros(h * e)
+            for t in range(n):
+                u = torch.tanh(y_prev)
+                q = m.q_proj(x[b, t]) + Rq @ u
+                k = m.k_proj(x[b, t]) + Rk @ u
+                v = m.v_proj(x[b, t]) + Rv @ u
+                beta = torch.sigmoid(m.beta_proj(x[b, t]) + Rb @ u)
+                y_t = torch.zeros(h * e)
+                for i in range(h):
+                    sl = slice(i * e, (i + 1) * e)
+                    fq, fk = phi(q[sl]), phi(k[sl])
+                    if W[i] is None:
+                        W[i] = torch.zeros(fk.numel(), e)
+                    W[i] = W[i] + beta[i] * torch.outer(fk, v[sl] - W[i].T @ fk)
+                    y_t[sl] = W[i].T @ fq
+                outs[b, t] = y_t
+                y_prev = y_t
+        ref = m.o_proj(outs)
+    assert_rel_close(y, ref, 1e-5)
