@@ -74,9 +74,9 @@ def _causal_fft(u: Tensor, k: Tensor) -> Tensor:
     """Σ_j k_j u_{t-j} for t < n by FFT (u (B, n, d), k (d, L) or (B, d, L), L ≤ n)."""
     n = u.shape[1]
     N = fft_size(n, k.shape[-1])
-    U = torch.fft.rfft(u, n=N, dim=1)                      # (B, N/2+1, d)
-    K = torch.fft.rfft(k, n=N, dim=-1).transpose(-1, -2)   # (N/2+1, d) or (B, N/2+1, d)
-    return torch.fft.irfft(U * K, n=N, dim=1)[:, :n]
+    U = torch.fft.rfft(u.transpose(1, 2), n=N, dim=-1)     # (B, d, N/2+1): contiguous FFTs
+    K = torch.fft.rfft(k, n=N, dim=-1)                     # (d, N/2+1) or (B, d, N/2+1)
+    return torch.fft.irfft(U * K, n=N, dim=-1)[..., :n].transpose(1, 2)
 
 
 def _last_nonzero_keep(g: Tensor) -> Tensor:
@@ -108,10 +108,9 @@ class _CausalFFTConv(torch.autograd.Function):
             grad_u = _causal_fft(g.flip(1), k).flip(1) * _last_nonzero_keep(g)
         if ctx.needs_input_grad[1]:                        # r_j = Σ_t g_t u_{t-j}, j < L
             N = fft_size(n, L)
-            G = torch.fft.rfft(g, n=N, dim=1)
-            U = torch.fft.rfft(u, n=N, dim=1)
-            r = torch.fft.irfft(G * U.conj(), n=N, dim=1)[:, :L]     # (B, L, d)
-            grad_k = r.transpose(1, 2)                              # (B, d, L)
+            G = torch.fft.rfft(g.transpose(1, 2), n=N, dim=-1)
+            U = torch.fft.rfft(u.transpose(1, 2), n=N, dim=-1)
+            grad_k = torch.fft.irfft(G * U.conj(), n=N, dim=-1)[..., :L]   # (B, d, L)
             if k.dim() == 2:
                 grad_k = grad_k.sum(0)
         return grad_u, grad_k
