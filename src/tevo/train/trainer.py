@@ -223,7 +223,7 @@ class Trainer:
 
     # -- resume ---------------------------------------------------------------------------------
     def _resume(self) -> None:
-        ck, blobs = open_checkpoint(self.run_dir, (STATE,) if self.fsdp else (WEIGHTS, STATE))
+        ck, blobs = open_checkpoint(self.run_dir, (WEIGHTS, STATE))     # both verified
         if ck is None:
             raise TevoError(f"no checkpoint to resume from in {self.run_dir}")
         if not self.fsdp:
