@@ -48,3 +48,44 @@ def test_clusters_share_attention_and_improved_variant_is_closer():
     # Lloyd's k-means: every query is nearest to its own centroid
     d = torch.cdist(q.detach(), cent.detach())
     torch.testing.assert_close(d.gather(-1, assign.unsqueeze(-1)).squeeze(-1), d.amin(-1))
+
+
+def test_clustered_outputs_equal_explicit_loops_of_eqs_6_and_9():
+    """With few clusters (C < n) and padding, the plain and improved outputs against a per-query
+    loop of the paper's equations, given the k-means clusters: centroid = mean of its member
+    queries; eq. 6 V̂_i = softmax(Q^c Kᵀ/√d) V; eq. 9 exact softmax on the cluster's top-k keys
+    scaled by its mass m̂, the centroid weights elsewhere. A centroid that is not the member
+    mean, a top-k taken per query, or an unscaled exact part would fail."""
+    import math
+    torch.manual_seed(5)
+    n, e, C, topk = 14, 8, 3, 4
+    x = torch.randn(2, n, 16)
+    mask = torch.ones(2, n, dtype=torch.bool)
+    mask[1, 10:] = False
+    ctx = MixerContext(key_padding_mask=mask)
+    for kw in ({}, {"topk": topk}):
+        a, _ = _pair(clusters=C, iterations=3, **kw)
+        q, k, v = (a._split(p(x), 2) for p in (a.q_proj, a.k_proj, a.v_proj))
+        y = a.attend(q, k, v, None, None, ctx)
+        assign, _ = kmeans_queries(q, mask, C, 3)
+        with torch.no_grad():
+            for b in range(2):
+                keys = mask[b].nonzero().flatten().tolist()
+                for hh in range(2):
+                    for i in keys:
+                        members = [j for j in keys if assign[b, hh, j] == assign[b, hh, i]]
+                        cen = q[b, hh, members].mean(0)
+                        A = torch.softmax(torch.stack([cen @ k[b, hh, j] for j in keys])
+                                          / math.sqrt(e), 0)
+                        if not kw:
+                            want = sum(A[t] * v[b, hh, j] for t, j in enumerate(keys))
+                        else:
+                            top = A.topk(topk).indices.tolist()
+                            mass = A[top].sum()
+                            ex = torch.softmax(torch.stack([q[b, hh, i] @ k[b, hh, keys[t]]
+                                                            for t in top]) / math.sqrt(e), 0)
+                            want = sum(mass * ex[s] * v[b, hh, keys[t]]
+                                       for s, t in enumerate(top))
+                            want = want + sum(A[t] * v[b, hh, j] for t, j in enumerate(keys)
+                                              if t not in top)
+                        torch.testing.assert_close(y[b, hh, i], want, atol=1e-5, rtol=1e-4)
