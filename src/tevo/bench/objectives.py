@@ -24,13 +24,14 @@ ARCH = {"clm": "gpt", "span": "transformer"}          # the rest: the bert encod
 
 OPTIONS = (
     Option("objectives", "strs", list(OBJECTIVES), "pre-training objectives to compare"),
-    Option("seeds", "ints", [0, 1, 2], "seeds (pre-training and fine-tuning)"),
+    Option("seeds", "ints", [0, 1, 2], "seeds (pre-training and fine-tuning)", quick=[0]),
     Option("pretrain_minutes", "float", 10.0, "wall-clock budget of each pre-training run",
-           quick=1.0),
+           quick=0.5),
     Option("finetune_steps", "int", 300, "fine-tuning steps (the same for every objective)",
-           quick=60),
+           quick=40),
     Option("finetune_batch", "int", 32, "fine-tuning batch size", quick=16),
-    Option("finetune_lr", "float", 3e-3, "fine-tuning peak learning rate (linear decay)"),
+    Option("finetune_lr", "float", 3e-3, "fine-tuning peak learning rate (linear decay)",
+           quick=5e-3),
     Option("d_model", "int", 128, "model width", quick=64),
     Option("n_layers", "int", 4, "layers (the encoder's; span's decoder has as many)",
            quick=2),
@@ -213,4 +214,5 @@ class ObjectivesStudy(Study):
     """mlm / electra / plm / decbert / span / clm pre-training judged by genre accuracy."""
 
     commands = (Command("objectives", "pre-training objectives at equal compute, judged by "
-                        "fine-tuned genre accuracy", OPTIONS, run_objectives),)
+                        "fine-tuned genre accuracy", OPTIONS, run_objectives,
+                        quick_minutes=15),)
