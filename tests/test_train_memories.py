@@ -26,6 +26,8 @@ MEMORIES = {
     "autocompressor": ["model.position=learned", "model.max_len=64",
                        "model.memory={name: autocompressor, summary: 2, segment: 16, bptt: 2, "
                        "max_summaries: 16}"],
+    "memformer": ["model.position=rope",
+                  "model.memory={name: memformer, slots: 4, segment: 16, bptt: 2, heads: 2}"],
     "block_recurrent": ["model.position=rope",
                         "model.memory={name: block_recurrent, block: 16, states: 4, heads: 2}"],
 }
