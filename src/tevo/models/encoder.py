@@ -45,7 +45,7 @@ class Encoder(nn.Module):
         # al., 2021); off unless model.extra.embedding_projection is true
         self.emb_proj = nn.Linear(d, d) if (cfg.extra or {}).get("embedding_projection") else None
         self.drop = nn.Dropout(cfg.dropout)
-        self.blocks = BlockStack(cfg, self.causal)
+        self.blocks = self.build_blocks(cfg)
         use_final = cfg.final_norm if cfg.final_norm is not None else self.blocks.final_norm
         self.norm = build_norm(cfg) if use_final else None
         act = cfg.extra.get("mlm_activation", "gelu")
@@ -56,6 +56,10 @@ class Encoder(nn.Module):
         init_weights(self, cfg, cfg.n_layers)
         if cfg.tie_embeddings:
             self.head.weight = self.embed.weight
+
+    def build_blocks(self, cfg: ModelConfig) -> nn.Module:
+        """The layer stack; architectures with other stacks (Funnel) override it."""
+        return BlockStack(cfg, self.causal)
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None,
                 token_type_ids: Tensor | None = None, positions: Tensor | None = None,
