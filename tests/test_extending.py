@@ -61,3 +61,51 @@ def test_every_path_goes_through_attend(position, padded):
     m(x[:, :N - 1], ctx_for(x[:, :N - 1], True, None if mask is None else mask[:, :N - 1],
                             pos=pos), state={} if state is None else state)
     assert SigmoidAttention.calls == 2
+
+
+def _worked_example():
+    """The sigmoid-attention block of docs/extending.md, run as written (registration stubbed,
+    so the test does not add an entry to the shared registry)."""
+    import re
+    from pathlib import Path
+    text = (Path(__file__).resolve().parents[1] / "docs" / "extending.md").read_text()
+    block = next(b for b in re.findall(r"```python\n(.*?)```", text, re.S)
+                 if "class SigmoidAttention" in b)
+    from tevo.registry import MIXERS
+
+    class Stub:
+        def register(self, *a, **kw):
+            return lambda cls: cls
+    code = block.replace("from tevo.registry import MIXERS", "")
+    ns = {"MIXERS": Stub(), "__name__": "worked_example"}
+    exec(compile(code, "docs/extending.md", "exec"), ns)
+    assert "sigmoid_attention" not in MIXERS.names()      # the real registry is untouched
+    return ns["SigmoidAttention"]
+
+
+@pytest.mark.parametrize("causal", [True, False])
+def test_docs_worked_example_runs_and_is_sigmoid_attention(causal):
+    """The documented 20-line variant builds, follows eq. 2 with padding (explicit loop), keeps
+    GQA and the KV cache working, and refuses the value hook like any attend override."""
+    cls = _worked_example()
+    torch.manual_seed(2)
+    m = cls(D, heads=2, kv_heads=1).eval()
+    x = torch.randn(B, N, D)
+    mask = torch.ones(B, N, dtype=torch.bool)
+    mask[1, :3] = False
+    y, _ = m(x, ctx_for(x, causal, mask))
+    e = D // 2
+    with torch.no_grad():
+        q = m.q_proj(x).view(B, N, 2, e)
+        k, v = m.k_proj(x).view(B, N, 1, e), m.v_proj(x).view(B, N, 1, e)
+        out = torch.zeros(B, N, 2, e)
+        for b in range(B):
+            for hh in range(2):
+                for i in range(N):
+                    keys = [j for j in range(N) if mask[b, j] and (j <= i or not causal)]
+                    for j in keys:
+                        s = q[b, i, hh] @ k[b, j, 0] / math.sqrt(e) - math.log(N)
+                        out[b, i, hh] += torch.sigmoid(s) * v[b, j, 0]
+        ref = m.o_proj(out.reshape(B, N, D))
+    torch.testing.assert_close(y[mask], ref[mask], atol=1e-5, rtol=1e-4)
+    assert "value" not in cls.supports.positions
