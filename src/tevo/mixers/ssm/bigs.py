@@ -66,10 +66,12 @@ class BiGS(Mixer):
     def directions(self, x: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor]:
         """(F, Bk): the forward and backward SSM outputs, (B, n, d) each."""
         with torch.autocast(device_type=x.device.type, enabled=False):
-            uf = masked(F.gelu(self.w_f(x.float())), mask).unsqueeze(-1)     # (B, n, d, 1)
-            ub = masked(F.gelu(self.w_b(x.float())), mask).flip(1).unsqueeze(-1)
-            f = self.ssm_f.run(uf)[0] + self.D[0] * uf
-            b = (self.ssm_b.run(ub)[0] + self.D[1] * ub).flip(1)
+            xf = x.float() if self.w_f.weight.dtype == torch.float32 else x
+            uf = masked(F.gelu(self.w_f(xf)), mask).unsqueeze(-1)           # (B, n, d, 1)
+            ub = masked(F.gelu(self.w_b(xf)), mask).flip(1).unsqueeze(-1)
+            D = self.D.float()
+            f = self.ssm_f.run(uf)[0] + D[0] * uf
+            b = (self.ssm_b.run(ub)[0] + D[1] * ub).flip(1)
         return f[..., 0], b[..., 0]
 
     def forward(self, x: Tensor, ctx: MixerContext, state=None):

@@ -83,7 +83,7 @@ class ContinuousKernelConv(LongConvMixer):
 
     def relative_positions(self, L: int) -> Tensor:
         """Δ_j = −j/(L_k − 1) for tap j (key j steps back) on the kernel's fixed grid."""
-        return -torch.arange(L, dtype=torch.float32, device=self.D.device) / max(
+        return -torch.arange(L, dtype=self.D.dtype, device=self.D.device) / max(
             self.kernel_len - 1, 1)
 
     def continuous_kernel(self, delta: Tensor) -> Tensor:

@@ -157,10 +157,11 @@ class DiagonalSSM(nn.Module):
 
     def discrete(self) -> tuple[Tensor, Tensor, Tensor]:
         """Ā, B̄ (H, N/2) and 2C (c, H, N/2) — the factor 2 sums each conjugate pair."""
-        Lambda = torch.complex(-torch.exp(self.log_A_real), self.A_imag)
-        A_bar, B_bar = discretize(Lambda, None, torch.exp(self.log_dt)[:, None],
+        # in fp32 whatever the parameters' dtype (complex bf16 does not exist)
+        Lambda = torch.complex(-torch.exp(self.log_A_real.float()), self.A_imag.float())
+        A_bar, B_bar = discretize(Lambda, None, torch.exp(self.log_dt.float())[:, None],
                                   self.discretization)
-        return A_bar, B_bar, 2 * torch.view_as_complex(self.C)
+        return A_bar, B_bar, 2 * torch.view_as_complex(self.C.float())
 
     def kernel(self, L: int) -> Tensor:
         """K (c, H, L): the convolution kernel the SSM induces (Vandermonde, S4D eq. 6)."""

@@ -146,11 +146,11 @@ class S5(Mixer):
 
     def discrete(self) -> tuple[Tensor, Tensor, Tensor]:
         """Ā (P,), B̄ (P, d), 2C̃ (d, P)."""
-        Lambda = torch.complex(self.Lambda_re, self.Lambda_im)
-        B = torch.view_as_complex(self.B)
-        A_bar, B_bar = discretize(Lambda[:, None], B, torch.exp(self.log_dt)[:, None],
+        Lambda = torch.complex(self.Lambda_re.float(), self.Lambda_im.float())   # fp32 always
+        B = torch.view_as_complex(self.B.float())
+        A_bar, B_bar = discretize(Lambda[:, None], B, torch.exp(self.log_dt.float())[:, None],
                                   self.discretization)
-        return A_bar[:, 0], B_bar, 2 * torch.view_as_complex(self.C)
+        return A_bar[:, 0], B_bar, 2 * torch.view_as_complex(self.C.float())
 
     def init_state(self, batch: int, device=None, dtype=None) -> dict:
         return {"x": torch.zeros(batch, self.P, dtype=torch.cfloat, device=device)}
