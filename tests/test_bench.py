@@ -335,3 +335,21 @@ def test_reference_ratios_alternate_and_tevo_configs_match_peers():
                                        (("position", "rope"), ("ffn", "swiglu"))):
             continue
         assert C.count_params(R.build_tevo(arch, c)) == C.count_params(R.build_hf(arch, c))
+
+
+def test_extrapolation_runs_rope_scalings_as_rows(tmp_path):
+    """RoPE's context-extension scalings join the study as rows rope:<scaling>, built with the
+    training length as their pre-training length and the longest factor as their factor."""
+    from tevo.bench.extrapolation import causal_positions, position_spec
+    ok, left = causal_positions(["rope:yarn", "rope:nope", "alibi:yarn"])
+    assert ok == ["rope:yarn"] and [n for n, _ in left] == ["rope:nope", "alibi:yarn"]
+    assert position_spec("rope:llama3", 8, 4) == {"name": "rope", "scaling": "llama3",
+                                                  "factor": 4.0, "original_max_len": 8}
+    (rep,) = tevo.bench.run("extrapolate", positions=["rope:dynamic", "rope:llama3", "rope:yarn"],
+                            train_length=8, factors=[1, 2], budget_tokens=64, d_model=16,
+                            n_layers=1, heads=2, batch=2, eval_tokens=64, out=str(tmp_path))
+    res = rep.data["results"]
+    assert set(res) == {"rope:dynamic", "rope:llama3", "rope:yarn"}
+    for name, r in res.items():
+        assert r["position"]["scaling"] == name.split(":")[1]
+        assert all(math.isfinite(v) for v in r["bpc"].values()) and set(r["bpc"]) == {"8", "16"}

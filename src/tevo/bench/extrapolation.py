@@ -4,7 +4,9 @@ included), after ALiBi (Press et al., 2022), KERPLE, the RoPE posts and Randomiz
 Encodings: one table and one plot of validation bits per character against evaluation length.
 
 Every model is built with ``max_len = 16·L`` (the longest evaluation), so learned tables exist
-past L but are untrained there; that is the point of the study.
+past L but are untrained there; that is the point of the study. RoPE's context-extension
+scalings join as rows ``rope:dynamic``, ``rope:llama3`` and ``rope:yarn`` (pre-training length
+L, factor = the longest evaluation factor).
 """
 from __future__ import annotations
 
@@ -16,15 +18,31 @@ from ._common import (Command, build_or_tiny, Deadline, Option, Study, count_par
                       pick_device, sanitize, stderr)
 
 
+ROPE_SCALINGS = ("dynamic", "llama3", "yarn")      # rows "rope:<scaling>"
+
+
+def position_spec(name: str, L: int, factor: int) -> dict:
+    """The position spec of a study row: a registered name, or ``rope:<scaling>`` (scaling
+    from the training length L by ``factor``)."""
+    if ":" in name:
+        base, scaling = name.split(":", 1)
+        return {"name": base, "scaling": scaling, "factor": float(factor), "original_max_len": L}
+    return {"name": name}
+
+
 def causal_positions(names=None) -> tuple[list[str], list[tuple[str, str]]]:
     """Position encodings usable with softmax attention in a causal LM, and the rest with why."""
     accepted = set(MIXERS.get("softmax").supports.positions) if "softmax" in MIXERS else set()
     ok, left = [], []
     for name in (names or POSITIONS.names()):
-        if name not in POSITIONS:
+        base, _, variant = name.partition(":")
+        if variant and (base != "rope" or variant not in ROPE_SCALINGS):
+            left.append((name, f"unknown variant (rope:{{{','.join(ROPE_SCALINGS)}}})"))
+            continue
+        if base not in POSITIONS:
             left.append((name, "not a registered position encoding"))
             continue
-        hooks = set(getattr(POSITIONS.get(name).obj, "hooks", ()))
+        hooks = set(getattr(POSITIONS.get(base).obj, "hooks", ()))
         if not hooks <= accepted:
             left.append((name, f"its hooks {sorted(hooks)} are not taken by softmax attention"))
         else:
@@ -34,7 +52,8 @@ def causal_positions(names=None) -> tuple[list[str], list[tuple[str, str]]]:
 
 OPTIONS = (
     Option("positions", "strs", None, "position encodings (default: every one softmax "
-                                      "attention accepts, NoPE included)"),
+                                      "attention accepts, NoPE included, and rope:dynamic, "
+                                      "rope:llama3, rope:yarn)"),
     Option("train_length", "int", 256, "training length L", quick=64),
     Option("factors", "ints", [1, 2, 4, 8, 16], "evaluation lengths as multiples of L"),
     Option("budget_tokens", "int", 5_000_000, "training tokens per run", quick=160_000),
@@ -71,6 +90,8 @@ def run_extrapolate(opts: dict) -> list:
     for n, why in left:
         rep.skip(n, why)
     names = (["none"] if "none" in names else []) + [n for n in names if n != "none"]
+    if opts["positions"] is None and "rope" in names:
+        names += [f"rope:{s}" for s in ROPE_SCALINGS]
     data = _train.corpus_bytes("shakespeare")
     deadline = Deadline(opts["max_minutes"])
     rows = {}
@@ -81,7 +102,7 @@ def run_extrapolate(opts: dict) -> list:
         cfg = {"arch": "gpt", "vocab_size": 256, "d_model": opts["d_model"],
                "n_layers": opts["n_layers"], "max_len": max(lens),
                "mixer": {"name": "softmax", "heads": opts["heads"]},
-               "position": {"name": name}, "dropout": 0.0}
+               "position": position_spec(name, L, max(factors)), "dropout": 0.0}
         torch.manual_seed(opts["seed"])
         try:
             model, cfg = build_or_tiny(cfg, (("position", "position"),))
