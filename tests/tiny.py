@@ -20,12 +20,20 @@ def make_mixer(name: str, causal: bool, d: int = D, cross: bool = False, **over)
     return m.eval()
 
 
-def ctx_for(x, causal: bool, mask=None, context=None, context_mask=None, pos=None):
+def ctx_for(x, causal: bool, mask=None, context=None, context_mask=None, pos=None, grid=None):
     positions = positions_from_mask(mask, x.shape[1], device=x.device)
     if mask is None:
         positions = positions.expand(x.shape[0], -1)
     return MixerContext(causal=causal, key_padding_mask=mask, positions=positions,
-                        context=context, context_mask=context_mask, pos=pos)
+                        context=context, context_mask=context_mask, pos=pos, grid=grid)
+
+
+GRID = (3, 4)          # N = 12 tokens as a 3×4 image grid, for mixers that need one
+
+
+def grid_for(name: str):
+    """The grid a mixer's conformance run gets: GRID for image-only mixers, else None."""
+    return None if MIXERS.get(name).supports.text else GRID
 
 
 def modes(name: str) -> list[bool]:

@@ -340,7 +340,8 @@ def validate_model(cfg: ModelConfig) -> None:
     pos_name, pos_kw = split_spec(cfg.position, "model.position")
     pos_entry = POSITIONS.get(pos_name, "model.position")
     check_kwargs(pos_entry.obj, pos_kw, f"model.position({pos_name})")
-    if getattr(pos_entry.obj, "causal_only", False) and not causal:
+    image = getattr(arch.obj, "input_kind", "tokens") == "image"    # order from the 2-D grid
+    if getattr(pos_entry.obj, "causal_only", False) and not causal and not image:
         raise ConfigError("model.position", pos_name,
                           why=f"{pos_name!r} carries no order in a bidirectional model; "
                               f"choose an explicit encoding",

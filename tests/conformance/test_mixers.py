@@ -6,13 +6,15 @@ import pytest
 import torch
 
 from tevo.registry import MIXERS
-from tiny import B, D, N, ctx_for, make_mixer, mixer_params
+from tiny import B, D, GRID, N, ctx_for, grid_for, make_mixer, mixer_params
 
 PARAMS = mixer_params()
 TOL = dict(atol=2e-5, rtol=1e-4)
 
 
 def run(m, x, causal, mask=None, state=None, **kw):
+    if x.shape[1] == N:                      # image-only mixers read the 12 tokens as a grid
+        kw.setdefault("grid", grid_for(m.registry_name))
     y, st = m(x, ctx_for(x, causal, mask, **kw), state)
     return y, st
 
@@ -132,3 +134,23 @@ def test_cross_attention(name):
     mem2[1, 5:] = 100.0                                   # masked memory must not matter
     y2, _ = run(m, x, False, context=mem2, context_mask=cmask)
     torch.testing.assert_close(y2, y, **TOL)
+
+
+@pytest.mark.parametrize("name", [n for n in MIXERS.names() if MIXERS.get(n).supports.grid])
+def test_grid_mixers_read_the_grid(name):
+    """A mixer that declares ``grid`` reads ctx.grid: the same 12 tokens as a 3×4 grid and as
+    its transpose-shaped 4×3 grid (or a 1-D row) give different outputs, and a token set that
+    is not the declared grid is refused, never silently reshaped."""
+    from tevo.errors import InputError
+    from tevo.registry import accepted_kwargs
+    built_for = "grid" in (accepted_kwargs(MIXERS.get(name).obj) or ())
+    m = make_mixer(name, False, **({"grid": list(GRID)} if built_for else {}))
+    x = torch.randn(B, N, D)
+    y, _ = m(x, ctx_for(x, False, grid=GRID))
+    assert y.shape == (B, N, D) and torch.isfinite(y).all()
+    other = (1, N) if MIXERS.get(name).supports.text else None
+    if other is not None:
+        y1, _ = m(x, ctx_for(x, False, grid=other))
+        assert not torch.allclose(y1, y, atol=1e-5), "the grid shape changes nothing"
+    with pytest.raises((InputError, ValueError)):
+        m(x[:, :N - 1], ctx_for(x[:, :N - 1], False, grid=GRID))

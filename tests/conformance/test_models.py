@@ -30,10 +30,15 @@ def tiny_model(source):
     if "ffn" in m and isinstance(m["ffn"], dict) and "d_ff" in m["ffn"]:
         m["ffn"] = {**m["ffn"], "d_ff": 64}
     m["layers"] = {}
+    if isinstance(m.get("extra"), dict) and "latents" in m["extra"]:     # Perceiver (AR)
+        m["extra"] = {**m["extra"], "latents": 4}
     return tevo.build_model(m).eval()
 
 
 def model_inputs(model, n=10):
+    if getattr(type(model), "input_kind", "tokens") == "image":     # a batch of images
+        from tevo.models.vision import image_hw
+        return (torch.randn(2, model.cfg.channels, *image_hw(model.cfg)),), {}
     ids = torch.randint(0, TINY["vocab_size"], (2, n))
     mask = torch.ones(2, n, dtype=torch.bool)
     if type(model).has_decoder:

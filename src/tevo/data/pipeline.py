@@ -290,16 +290,29 @@ def build_eval_data(cfg, objective, run_dir, tokenizer_spec) -> "CorpusData":
     """The corpus of ``cfg.data`` tokenized with the run's own tokenizer (``tokenizer_spec``, as
     trained and saved in ``run_dir``), in memory: the run's cached splits and tokenizer are
     left untouched."""
-    if cfg.data.task is not None:
+    if cfg.data.task is not None or objective.data_format == "image":
         return build_data(cfg, objective)
     tok = load_tokenizer(tokenizer_spec, run_dir, objective.specials)
     streams, tok, meta = tokenize_corpus(cfg.data, objective.specials, None, run_dir, tok)
     return CorpusData(streams, tok, meta, objective.data_format, cfg.data.seq_len, cfg.train.seed)
 
 
+def _is_image_corpus(corpus) -> bool:
+    from ..registry import CORPORA
+    name = corpus if isinstance(corpus, str) else (corpus or {}).get("name")
+    return name in CORPORA and CORPORA.get(name).extra.get("modality") == "image"
+
+
 def build_data(cfg, objective, run_dir=None, is_main: bool = True, barrier=None) -> DataModule:
     """The DataModule for a RunConfig and its objective."""
     fmt = objective.data_format
+    if fmt == "image":                                   # labelled images (tevo.data.images)
+        from .images import ImageData
+        return ImageData.build(cfg.data, cfg.train.seed)
+    if cfg.data.task is None and _is_image_corpus(cfg.data.corpus):
+        raise ConfigError("data.corpus", cfg.data.corpus, ["image_classification"],
+                          why=f"an image corpus trains an image model: set objective="
+                              f"image_classification and model.arch=vit (not {fmt!r} text)")
     if cfg.data.task is not None:
         task = TASKS.build(cfg.data.task, "data.task")
         if getattr(task, "needs_tokenizer", False):      # labelled text (tevo.data.labelled)

@@ -42,23 +42,25 @@ class Block(nn.Module):
     """residual(norm, sublayer) for each sublayer of the layout."""
 
     def __init__(self, spec: dict, cfg: ModelConfig, layer: int, n_layers: int, causal: bool,
-                 layout: str | None = None):
+                 layout: str | None = None, mixer_dims: dict | None = None):
         super().__init__()
         d = cfg.d_model
         self.layout = (layout or spec["layout"]).split()
         self.causal = causal
         self.sublayers = nn.ModuleList()
         self.residuals = nn.ModuleList()
+        md = mixer_dims or {}          # sizes the model knows, e.g. an image stage's grid
         for t in self.layout:
             if t == "a":
-                sub = build_mixer(spec["mixer"], d, cfg, causal, layer, n_layers)
+                sub = build_mixer(spec["mixer"], d, cfg, causal, layer, n_layers, **md)
             elif t == "c":
                 sub = build_mixer(_cross_spec(spec.get("cross"), spec["mixer"]), d, cfg, False,
                                   layer, n_layers, "model.cross")
             elif t == "f":
                 sub = build_ffn(spec["ffn"], d, cfg, layer, n_layers)
             elif t == "p":
-                sub = ParallelMixerFFN(build_mixer(spec["mixer"], d, cfg, causal, layer, n_layers),
+                sub = ParallelMixerFFN(build_mixer(spec["mixer"], d, cfg, causal, layer, n_layers,
+                                                   **md),
                                        build_ffn(spec["ffn"], d, cfg, layer, n_layers))
                 if getattr(sub.ffn, "stateful", False):
                     from ..errors import ConfigError
@@ -131,11 +133,12 @@ class BlockStack(nn.Module):
     """L blocks, each from its resolved per-layer spec; state is a list of block states."""
 
     def __init__(self, cfg: ModelConfig, causal: bool, n_layers: int | None = None,
-                 layout: str | None = None):
+                 layout: str | None = None, mixer_dims: dict | None = None):
         super().__init__()
         n = cfg.n_layers if n_layers is None else n_layers
         specs = layer_specs(cfg, n)
-        self.blocks = nn.ModuleList(Block(specs[i], cfg, i, n, causal, layout) for i in range(n))
+        self.blocks = nn.ModuleList(Block(specs[i], cfg, i, n, causal, layout, mixer_dims)
+                                    for i in range(n))
 
     def __len__(self):
         return len(self.blocks)

@@ -150,10 +150,26 @@ def _evaluate_run(run, args) -> dict:
         from ..errors import InputError
         raise InputError(f"the {args.split} split holds no complete window of "
                          f"{run.data.seq_len} tokens; lower data.seq_len (--data seq_len=N)")
+    if run.objective.data_format == "image":          # a classifier: its confusion matrix
+        out.update(_confusion(run, args.split, bs))
     if lengths:
         out["lengths"] = evaluate_lengths(run.model, run.objective, run.data, lengths,
                                           args.split, bs * run.data.seq_len, args.max_batches,
                                           run.device, tc.precision)
+    return out
+
+
+def _confusion(run, split: str, batch_size: int) -> dict:
+    """The confusion matrix of an image classifier on ``split``, and its PNG in the run."""
+    from .evaluate import confusion_matrix
+    from .log import plot_confusion
+    m = confusion_matrix(run.model, run.data, split, batch_size, run.device,
+                         run.cfg.train.precision)
+    out = {"confusion_matrix": m.tolist(), "classes": list(run.data.classes)}
+    png = plot_confusion(m, run.data.classes, run.run_dir / f"confusion_{split}.png",
+                         f"{run.run_dir.name} @ {run.step}, {split}")
+    if png:
+        out["confusion_png"] = str(png)
     return out
 
 
@@ -164,7 +180,8 @@ def _print_eval(run, args, out: dict) -> None:
     t.add_column("metric")
     t.add_column("value", justify="right")
     for k, v in out.items():
-        if k not in ("lengths", "run_dir", "checkpoint", "split", "step"):
+        if k not in ("lengths", "run_dir", "checkpoint", "split", "step", "confusion_matrix",
+                     "classes"):
             t.add_row(k, _fmt(v))
     Console().print(t)
     if out.get("lengths"):

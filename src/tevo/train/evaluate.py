@@ -123,3 +123,24 @@ def evaluate_lengths(model, objective, data, lengths, split: str = "val",
             continue
         rows.append({"length": n, **r})
     return rows
+
+
+@torch.no_grad()
+def confusion_matrix(model, data, split: str = "test", batch_size: int = 256, device=None,
+                     precision: str = "fp32"):
+    """(classes × classes) counts of a classifier on a labelled split: rows are the true
+    class, columns the prediction (``data.eval_batches`` yielding ``images`` and ``labels``)."""
+    device = device or next(model.parameters()).device
+    k = int(data.vocab_size)
+    m = torch.zeros(k, k, dtype=torch.long)
+    was_training = model.training
+    model.eval()
+    try:
+        with autocast(device, precision):
+            for b in data.eval_batches(split, batch_size):
+                b = batch_to(b, device)
+                pred = model(b["images"]).logits.argmax(-1).cpu()
+                m.index_put_((b["labels"].cpu(), pred), torch.ones_like(pred), accumulate=True)
+    finally:
+        model.train(was_training)
+    return m

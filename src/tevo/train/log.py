@@ -161,3 +161,38 @@ def plot_losses(run_dir, path=None) -> Path | None:
     out = Path(path or Path(run_dir) / "loss.png")
     fig.savefig(out)
     return out
+
+
+def plot_confusion(matrix, classes, path, title: str = "") -> Path | None:
+    """A confusion-matrix PNG (rows: true class, columns: predicted; counts in the cells);
+    None without matplotlib."""
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError:
+        return None
+    import numpy as np
+    m = np.asarray(matrix)
+    k = len(classes)
+    size = min(2.0 + 0.45 * k, 14.0)
+    fig = Figure(figsize=(size + 1.2, size), dpi=110)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    im = ax.imshow(m, cmap="Blues")
+    fig.colorbar(im, ax=ax, fraction=0.046)
+    ax.set_xticks(range(k), [str(c) for c in classes], rotation=90 if k > 12 else 0)
+    ax.set_yticks(range(k), [str(c) for c in classes])
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    if k <= 20:
+        for i in range(k):
+            for j in range(k):
+                if m[i, j]:
+                    ax.text(j, i, str(int(m[i, j])), ha="center", va="center", fontsize=8,
+                            color="white" if m[i, j] > m.max() / 2 else "black")
+    acc = np.trace(m) / max(m.sum(), 1)
+    ax.set_title(f"{title}  accuracy {acc:.4f}".strip())
+    fig.tight_layout()
+    out = Path(path)
+    fig.savefig(out)
+    return out

@@ -187,4 +187,5 @@ class SoftmaxAttention(MultiHeadAttentionBase):
     """Scaled dot-product multi-head attention (self or cross), KV cache, fused or eager."""
 
     supports = Supports(causal=True, bidirectional=True, cross=True, cache=True,
-                        positions=frozenset({"input", "qk", "bias", "value"}))
+                        positions=frozenset({"input", "qk", "bias", "value"}),
+                        flat_grid=True)           # order-free: ViT's flattened patch grid

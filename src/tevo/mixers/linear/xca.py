@@ -34,7 +34,7 @@ class CrossCovarianceAttention(Mixer):
     """Channel-to-channel attention from the cross-covariance of token-normalised Q and K."""
 
     supports = Supports(causal=False, bidirectional=True, cross=False, cache=False,
-                        positions=frozenset({"input"}))
+                        positions=frozenset({"input"}), flat_grid=True)   # XCiT: a patch grid
 
     def __init__(self, d_model: int, heads: int = 4, head_dim: int | None = None,
                  bias: bool = True):

@@ -1,0 +1,1 @@
+"""MLP-style token mixers: spatial gating, hypernetwork token MLPs."""
