@@ -37,6 +37,9 @@ class CausalLM(Objective):
         out = model(batch["input_ids"], attention_mask=batch.get("attention_mask"))
         logits = out.logits.float()                                  # (B, n, V)
         labels = batch["labels"]
+        scored = out.extra.get("scored")     # (B, n): the positions a model predicts (Perceiver AR)
+        if scored is not None:
+            labels = labels.masked_fill(~scored, IGNORE)
         ce = F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=IGNORE,
                              reduction="none")                       # (B·n,), 0 where ignored
         ce_sum = ce.sum()
