@@ -1,6 +1,7 @@
 """Every segment memory trains through the one trainer as xl_memory does (tevo.train.segments):
 ordered lanes, the memory carried across steps and held by the checkpoint (a stopped and resumed
-run equals the uninterrupted one), and `tevo eval` reads the split segment-wise with it."""
+run equals the uninterrupted one), and `tevo eval` reads the split segment-wise with it; the
+depth-recurrent (universal, act) and reversible models train and resume like any model."""
 from __future__ import annotations
 
 import json
@@ -47,3 +48,19 @@ def test_memory_trains_resumes_exactly_and_evaluates_segment_wise(name, corpus, 
     assert cli.main(["eval", str(tmp_path / "full"), "--json", "--max-batches", "2"]) == 0
     got = json.loads(capsys.readouterr().out)["loss"]
     assert abs(got - s["final_val_loss"]) < 1e-6
+
+
+@pytest.mark.parametrize("over", [
+    ["model.arch=universal", "model.n_layers=1", "model.extra={max_steps: 3, ponder_weight: 0.01}"],
+    ["model.arch=act", "model.extra={max_steps: 2}"],
+    ["model.extra={reversible: {chunks: 2}}"],
+], ids=["universal", "act", "reversible"])
+def test_depth_recurrent_and_reversible_models_train_and_resume_exactly(over, corpus, tmp_path):
+    """tevo train runs them like any model: the ponder cost enters the logged loss (aux), the
+    reversible backward drives the optimiser, and a resumed run equals the uninterrupted one."""
+    ov = [*over, "model.position=rope", "train.steps=6", "train.eval_every=3",
+          "train.final_eval_batches=2"]
+    train(load_config("default", tiny(corpus, tmp_path / "full", *ov)))
+    train(load_config("default", tiny(corpus, tmp_path / "part", *ov)), stop_at=3)
+    assert cli.main(["train", "--resume", str(tmp_path / "part")]) == 0
+    assert_same_run(tmp_path / "full", tmp_path / "part", steps=6)
