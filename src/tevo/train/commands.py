@@ -6,6 +6,7 @@
     tevo eval runs/default --split test --lengths 128,256,512
     tevo generate runs/default --prompt "ROMEO:" --max-new-tokens 300 --top-k 40
     tevo generate runs/default --prompt "ROMEO:" --max-new-tokens 50 --beams 4
+    tevo generate runs/default --method pcw --context-file play.txt --window 256 --prompt "Q:"
     tevo finetune runs/bert task=genre           # a labelled task on the pre-trained weights
 
 Under ``torchrun --nproc_per_node N -m tevo train ...`` the same command trains with DDP.
@@ -230,6 +231,13 @@ def _continue_prompt(run, args) -> str:
         if given:
             raise InputError(f"--beams {beams} is beam search, not sampling: drop "
                              f"{', '.join(given)}")
+    method = getattr(args, "method", "generate")
+    if method != "generate":
+        if beams > 1:
+            raise InputError(f"--method {method} decodes by sampling or --greedy, not --beams")
+        with autocast(run.device, run.cfg.train.precision):
+            new = _context_method(run, args, method, x[0], temperature, gen)
+        return prompt + run.tokenizer.decode(new.tolist())
     with autocast(run.device, run.cfg.train.precision):
         if beams > 1:
             from ..inference.beam import beam_search
@@ -240,6 +248,37 @@ def _continue_prompt(run, args) -> str:
                            top_k=args.top_k, top_p=args.top_p, greedy=args.greedy,
                            use_cache=False if args.no_cache else None, generator=gen)
     return prompt + run.tokenizer.decode(out[0, len(ids):].tolist())
+
+
+def _context_method(run, args, method, task, temperature, gen):
+    """pcw / structured / nbce: the --context texts (or --context-file cut into --window
+    tokens) read in parallel, then the prompt continued."""
+    import torch
+
+    from ..errors import InputError
+    from ..registry import INFERENCE
+    texts = list(args.context or [])
+    pieces = [run.tokenizer.encode(t) for t in texts]
+    if args.context_file:
+        from pathlib import Path
+        f = Path(args.context_file)
+        if not f.exists():
+            raise InputError(f"--context-file {f}: no such file")
+        ids = run.tokenizer.encode(f.read_text())
+        w = args.window
+        if w is None or w < 1:
+            raise InputError(f"--context-file needs --window N >= 1 (tokens per window), got {w}")
+        pieces += [ids[i:i + w] for i in range(0, len(ids), w)]
+    pieces = [p for p in pieces if p]
+    if not pieces:
+        raise InputError(f"--method {method} needs contexts: --context TEXT (repeatable) or "
+                         f"--context-file PATH --window N")
+    ctx = [torch.tensor(p, device=run.device) for p in pieces]
+    name = {"structured": "structured_prompting"}.get(method, method)
+    fn = INFERENCE.get(name, "--method").obj
+    kw = dict(temperature=temperature, top_k=args.top_k, top_p=args.top_p, greedy=args.greedy,
+              use_cache=False if args.no_cache else None, generator=gen)
+    return fn(run.model, ctx, task, args.max_new_tokens, **kw)
 
 
 def _finetune(args) -> int:
@@ -317,6 +356,15 @@ def add_commands(sub) -> None:
     p.add_argument("--beams", type=int, default=1,
                    help="beam search with N beams (1: greedy or sampling as set)")
     p.add_argument("--no-cache", action="store_true", help="re-run the whole context each step")
+    p.add_argument("--method", default="generate",
+                   choices=["generate", "pcw", "structured", "nbce"],
+                   help="context extension: read --context pieces in parallel (Parallel "
+                        "Context Windows, Structured Prompting, NBCE) before the prompt")
+    p.add_argument("--context", action="append", default=[], metavar="TEXT",
+                   help="one context window / demonstration group / NBCE context (repeatable)")
+    p.add_argument("--context-file", default=None, help="a text cut into --window tokens each")
+    p.add_argument("--window", type=int, default=None, help="tokens per window of "
+                                                            "--context-file")
     p.add_argument("--escapes", action="store_true", help="interpret \\n etc. in the prompt")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
