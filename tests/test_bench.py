@@ -353,3 +353,28 @@ def test_extrapolation_runs_rope_scalings_as_rows(tmp_path):
     for name, r in res.items():
         assert r["position"]["scaling"] == name.split(":")[1]
         assert all(math.isfinite(v) for v in r["bpc"].values()) and set(r["bpc"]) == {"8", "16"}
+
+
+def test_profile_splits_a_training_step_and_writes_a_trace(tmp_path):
+    from tevo.bench._run import run
+    from tevo.bench.profile import category, split
+    assert category("aten::addmm") == "matmul" and category("aten::gelu") == "elementwise"
+    assert category("aten::_scaled_dot_product_flash_attention_for_cpu") == "attention"
+    assert category("Optimizer.step#AdamW.step") == "optimizer"
+    assert category("aten::_softmax") == "attention" and category("aten::_log_softmax") != \
+        "attention"
+    assert category("aten::_to_copy") == "casts"
+    s = split([{"name": "aten::mm", "self_us": 3e5}, {"name": "aten::add", "self_us": 1e5}],
+              wall_us=5e5)
+    assert s == {"matmul": 0.3, "attention": 0.0, "elementwise": 0.1, "optimizer": 0.0,
+                 "casts": 0.0, "other": 0.0, "python": 0.1}
+    rep, = run("profile", quick=True, out=str(tmp_path), threads=1,
+               set=["model.n_layers=1", "model.d_model=32", "data.seq_len=16",
+                    "train.batch_size=2", "train.precision=fp32"])
+    d = rep.data
+    assert sum(d["split_s_per_step"].values()) == pytest.approx(d["train_wall_s"] / d["steps"],
+                                                                rel=1e-6)
+    assert d["split_s_per_step"]["matmul"] > 0 and d["split_s_per_step"]["optimizer"] > 0
+    assert d["decode"]["tokens_per_s"] > 0
+    assert (tmp_path / "profile_trace.json").stat().st_size > 0
+    assert "Training step: top operators" in (tmp_path / "profile.md").read_text()
