@@ -24,7 +24,9 @@ BAD = [("train.steps=abc", "train.steps"), ("train.steps=2.5", "train.steps"),
        ("model.dropout=1.5", "model.dropout"), ("train.schedule=cosin", "train.schedule"),
        ("train.betas=[0.9, 2]", "train.betas"), ("data.seq_len=-3", "data.seq_len"),
        ("model.tie_embeddings=1", "model.tie_embeddings"), ("train.keep_last=-1", "keep_last"),
-       ("train.max_minutes=0", "train.max_minutes"), ("model.d_model=16.5", "model.d_model")]
+       ("train.max_minutes=0", "train.max_minutes"), ("model.d_model=16.5", "model.d_model"),
+       ("train.no_decay=5", "train.no_decay"), ("train.extra=5", "train.extra"),
+       ("model.layers=5", "model.layers")]
 
 
 @pytest.mark.parametrize("override,name", BAD, ids=[b[0] for b in BAD])

@@ -83,6 +83,10 @@ def option(default=_MISSING, *, default_factory=_MISSING, **spec):
 
 # -- types ------------------------------------------------------------------------------------
 def _type_name(tp) -> str:
+    if tp in (list, tuple):
+        return "a list"
+    if tp is dict:
+        return "a mapping"
     if tp is int:
         return "an integer"
     if tp is float:
@@ -112,10 +116,12 @@ def checked_type(tp) -> list | None:
     members = _members(tp)
     out = []
     for m in members:
-        if m in (int, float, bool, type(None)) or typing.get_origin(m) is typing.Literal:
+        m = typing.get_origin(m) if typing.get_origin(m) in (list, tuple, dict) else m
+        if m in (int, float, bool, type(None), list, tuple, dict) \
+                or typing.get_origin(m) is typing.Literal:
             out.append(m)
         else:
-            return None              # a type we do not check (str, dict, a spec): let it through
+            return None              # a type we do not check (str, a spec): let it through
     return out
 
 
@@ -138,6 +144,10 @@ def coerce(value, members: list):
                 return float(value)
             except ValueError:
                 pass
+        if m in (list, tuple) and isinstance(value, (list, tuple)):
+            return value                 # YAML has no tuples: either sequence will do
+        if m is dict and isinstance(value, dict):
+            return value
         if typing.get_origin(m) is typing.Literal and value in typing.get_args(m) \
                 and type(value) in {type(a) for a in typing.get_args(m)}:
             return value
@@ -168,7 +178,8 @@ def check(where: str, value, tp=None, spec: Option | None = None, default=_MISSI
         except ValueError as e:
             want = str(e) + (f" {rng}" if rng else "")
             raise ConfigError(where, value, why=f"expected {want}, got {value!r}{note}") from None
-    if spec.choices is not None and value not in spec.choices:
+    if spec.choices is not None and value not in spec.choices \
+            and not (value is None and members is not None and type(None) in members):
         raise ConfigError(where, value, [repr(c) for c in spec.choices],
                           why=f"invalid value {value!r}{note}")
     if isinstance(value, (int, float)) and not isinstance(value, bool) and rng:
