@@ -29,6 +29,7 @@ MEMORIES = {
                        "max_summaries: 16}"],
     "memformer": ["model.position=rope",
                   "model.memory={name: memformer, slots: 4, segment: 16, bptt: 2, heads: 2}"],
+    "lamemo": ["model.position=rope", "model.memory={name: lamemo, mem_len: 32}"],
     "block_recurrent": ["model.position=rope",
                         "model.memory={name: block_recurrent, block: 16, states: 4, heads: 2}"],
 }
