@@ -26,7 +26,7 @@ from ..config import ModelConfig, layer_specs
 from ..errors import ConfigError
 from ..nn.context import MixerContext
 from ..registry import MODELS, NORMS
-from .block import build_mixer
+from .block import BlockStack, build_mixer
 from .common import extra_options
 from .lm import LanguageModel
 
@@ -56,6 +56,8 @@ class BranchformerLayer(nn.Module):
             self.merge_proj = nn.Linear(2 * d, d)
         self.drop = nn.Dropout(cfg.dropout)
         self.causal = causal
+
+    final_norm = True                  # pre-LN branches: the model ends with a norm
 
     def init_state(self, batch: int, device=None, dtype=None) -> dict:
         return {"att": self.att.init_state(batch, device, dtype),
@@ -87,13 +89,11 @@ class BranchformerLayer(nn.Module):
         return x, (None if state is None else {"att": st_att, "mlp": st_mlp})
 
 
-class BranchformerStack(nn.Module):
-    """L Branchformer layers with the BlockStack interface (state: a list of layer states)."""
-
-    final_norm = True
+class BranchformerStack(BlockStack):
+    """L Branchformer layers; BlockStack's forward and state (a list of layer states)."""
 
     def __init__(self, cfg: ModelConfig, causal: bool):
-        super().__init__()
+        nn.Module.__init__(self)
         opts = extra_options(cfg, "branchformer", OPTIONS)
         if causal and opts["merge"] == "learned":
             raise ConfigError("model.extra.merge", "learned", ["concat"],
@@ -102,21 +102,6 @@ class BranchformerStack(nn.Module):
         specs = layer_specs(cfg, cfg.n_layers)
         self.blocks = nn.ModuleList(BranchformerLayer(specs[i], cfg, i, cfg.n_layers, causal,
                                                       opts) for i in range(cfg.n_layers))
-
-    def __len__(self):
-        return len(self.blocks)
-
-    def init_state(self, batch: int, device=None, dtype=None) -> list:
-        return [b.init_state(batch, device, dtype) for b in self.blocks]
-
-    def forward(self, x: Tensor, ctx: MixerContext, state: list | None = None):
-        new = None if state is None else []
-        for i, blk in enumerate(self.blocks):
-            ctx.layer, ctx.n_layers = i, len(self.blocks)
-            x, s = blk(x, ctx, None if state is None else state[i])
-            if new is not None:
-                new.append(s)
-        return x, new
 
 
 @MODELS.register(
