@@ -61,9 +61,25 @@ def _info(args) -> int:
         for k in ("paper", "equation", "time", "memory", "paper_test", "capabilities"):
             if i.get(k):
                 print(f"  {k}: {i[k]}")
+        if i["kind"] == "mixer" and i.get("capabilities"):
+            print(f"  runs on: {_runs_on(i['capabilities'])}")
         if i["module_doc"]:
             print("\n" + i["module_doc"])
     return 0
+
+
+def _runs_on(c: dict) -> str:
+    """Where a mixer fits: an image grid (read in 2-D or flattened) and/or 1-D text."""
+    where = []
+    if c.get("grid"):
+        where.append("image grids (reads the 2-D grid)")
+    elif c.get("flat_grid"):
+        where.append("image grids (flattened, order-free)")
+    if c.get("text", True):
+        modes = [m for m, ok in (("causal", c.get("causal")),
+                                 ("bidirectional", c.get("bidirectional"))) if ok]
+        where.append(f"1-D text ({' and '.join(modes)})")
+    return "; ".join(where) or "nowhere"
 
 
 def _catalog(args) -> int:
