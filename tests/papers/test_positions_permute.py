@@ -84,3 +84,40 @@ def test_permute_inside_linear_mixer_is_shift_invariant():
     torch.testing.assert_close(y2, y, **TOL)
     y3, _ = m(x, ctx_for(x, True))                                       # and it does something
     assert not torch.allclose(y3, y, atol=1e-4)
+
+
+def test_permute_reference_decay_as_a_state_decay():
+    """decay=True gives the reference's per-head r_h^{i-j} (r_h = sigmoid(3h/H + 2)) inside
+    causal kernel attention — an explicit weighted average with padding equals the mixer, and
+    prefill + steps equals the full pass — and mixers without a decaying state, or bidirectional
+    attention, refuse it in one line."""
+    import pytest
+    from tevo.errors import ConfigError
+    from tiny import make_mixer
+    from papers.linear_reference import assert_rel_close, ctx, left_padded, prefill_then_steps
+    torch.manual_seed(4)
+    m = make_mixer("linear", True)
+    pe = PermutePosition(decay=True)
+    x, mask = left_padded(n=11)
+    c = ctx(x, True, mask, pos=pe)
+    y, _ = m(x, c)
+    B, n, _ = x.shape
+    h, e = m.heads, m.head_dim
+    q, k, v = (p(x).view(B, n, h, e).transpose(1, 2) for p in (m.q_proj, m.k_proj, m.v_proj))
+    with torch.no_grad():
+        fq, fk = m.features(q, k, c, c.positions)
+        r = torch.sigmoid(torch.arange(h) / h * 3 + 2)                    # the reference's ratio
+        dist = (c.positions[:, :, None] - c.positions[:, None, :]).float()    # (B, n, n)
+        w = (fq @ fk.transpose(-1, -2)) * r[None, :, None, None] ** dist[:, None]
+        w = (w * mask[:, None, None, :]).tril()
+        ref = m.o_proj(((w @ v) / w.sum(-1, keepdim=True)).transpose(1, 2).reshape(B, n, h * e))
+    assert_rel_close(y[mask], ref[mask], 1e-5)
+    plain, _ = m(x, ctx(x, True, mask, pos=PermutePosition()))
+    assert not torch.allclose(plain[mask], y[mask], atol=1e-4)
+    y_inc, y_full, _ = prefill_then_steps(m, x, mask, pos=pe)
+    assert_rel_close(y_inc[mask], y_full[mask], 1e-5)
+    for name, causal in (("fast_weight", True), ("linear", False)):
+        mm = make_mixer(name, causal)
+        with pytest.raises(ConfigError, match="position.decay") as err:
+            mm(x, ctx(x, causal, None, pos=pe))
+        assert "\n" not in str(err.value)

@@ -11,17 +11,19 @@ O(n) recurrent form is unchanged: this is why it fits kernel attention (``featur
 offset o of a cycle of length c goes to the element at offset (o + p) mod c.
 Permutations come from a seeded generator (0xdeadbeefdeadbeef as in the reference), one per
 key/value head, so they are the same in every layer and are rebuilt, not stored.
-Not included: the reference's per-head decay (language_model/permute: q_i ·= r_h^i,
-k_j ·= r_h^{-j} with r_h = sigmoid(3h/H + 2) ∈ [0.88, 0.99], so scores carry r_h^{i-j}). Written
-as factors on φ(q), φ(k) it overflows fp32 past ~700 positions for the smallest r_h (the reference
-trains on short windows), and a stable form is a decay of the mixer's recurrent state, which the
-``feature`` hook cannot express; this encoding is the permutation alone (scores exactly
-φ(q_i)·P^{j-i}φ(k_j), no decay), and a decayed variant is a mixer-side gate (RFA's ``gate``).
+The reference's per-head decay (language_model/permute: q_i ·= r_h^i, k_j ·= r_h^{-j} with
+r_h = sigmoid(3h/H + 2) ∈ [0.88, 0.99], so scores carry r_h^{i-j}) is ``decay=True``. Written as
+factors on φ(q), φ(k) it overflows fp32 past ~700 positions for the smallest r_h (the reference
+trains on short windows), so here it is the equivalent decay of the causal kernel-attention
+state, S_t = r_h S_{t-1} + φ(k_t) v_tᵀ (``state_log_decay``, read by ``KernelAttention``): exact
+at any length and in every form. It is off by default: mixers without a decaying state
+(the delta-rule fast weights) and bidirectional attention refuse it in one line.
 Complexity: time O(n m) for the gather, memory O(n m); no parameters.
 """
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from ..errors import ConfigError
@@ -78,10 +80,17 @@ class PermutePosition(PositionEncoding):
     hooks = frozenset({"feature"})
     translation_invariant = True
 
-    def __init__(self, seed: int = SEED):
+    def __init__(self, seed: int = SEED, decay: bool = False):
         super().__init__()
-        self.seed = int(seed)
+        self.seed, self.decay = int(seed), bool(decay)
         self._tables: dict = {}
+
+    def state_log_decay(self, heads: int) -> Tensor | None:
+        """log r_h per head (h,), r_h = sigmoid(3h/H + 2) as in the reference; None without
+        ``decay``."""
+        if not self.decay:
+            return None
+        return F.logsigmoid(torch.arange(heads, dtype=torch.float32) / heads * 3 + 2)
 
     def tables(self, heads: int, dim: int, device) -> tuple[Tensor, ...]:
         key = (heads, dim, str(device))

@@ -98,8 +98,26 @@ def feature_hook_before(pos, q: Tensor, k: Tensor, q_pos: Tensor):
         return q, k, False
     return q, k, True
 
+
+def position_state_decay(ctx: MixerContext, heads: int, mixer: str, supported: bool = True):
+    """log decay per head (h,) that a ``feature`` encoding asks the causal state to apply
+    (PermuteFormer's r_h), or None; a one-line error where it cannot be honoured."""
+    pos = ctx.pos
+    fn = getattr(pos, "state_log_decay", None) if pos is not None and "feature" in pos.hooks \
+        else None
+    d = fn(heads) if fn is not None else None
+    if d is not None and (not supported or not ctx.causal):
+        why = (f"{mixer} has no decaying attention state" if not supported else
+               f"{mixer} is bidirectional here and the decay acts on the causal state")
+        raise ConfigError("position.decay", True, why=f"the per-head decay: {why}; set "
+                                                      f"position.decay=false")
+    return d
+
 class KernelAttention(Mixer):
     """Multi-head kernel attention φ(Q)(φ(K)ᵀV) with a pluggable feature map and three forms."""
+
+    # attend applies ``log_decay`` to its state (a position encoding's per-head decay rides on it)
+    takes_state_decay = True
 
     supports = Supports(causal=True, bidirectional=True, cross=False, cache=True,
                         positions=KERNEL_POSITIONS)
@@ -155,6 +173,11 @@ class KernelAttention(Mixer):
         out_dtype = v.dtype
         mask = ctx.query_mask(n)
         log_decay, k_weight = self.gates(x, ctx)            # in the model's dtype, then fp32
+        pos_decay = position_state_decay(ctx, self.heads, type(self).__name__,
+                                         self.takes_state_decay)
+        if pos_decay is not None:                           # PermuteFormer's r_h^{i-j}
+            pd = pos_decay.to(x.device)[None, :, None].expand(B, -1, n)
+            log_decay = pd if log_decay is None else upcast(log_decay) + pd
         with fp32_region(x.device.type):
             fq, fk = self.features(upcast(q), upcast(k), ctx, q_pos)
             y, new_state = self.attend(fq, fk, upcast(v), mask, ctx.causal, state, log_decay,

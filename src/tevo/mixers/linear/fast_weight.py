@@ -22,8 +22,8 @@ from ...nn.chunked import DELTA_FORMS, check_form, delta_rule, fp32_region, upca
 from ...nn.context import MixerContext
 from ...registry import MIXERS
 from ..base import Mixer, Supports
-from .common import (KERNEL_POSITIONS, feature_hook_before, head_dims, merge_heads, project_qkv,
-                     rotate_qk)
+from .common import (KERNEL_POSITIONS, feature_hook_before, head_dims, merge_heads,
+                     position_state_decay, project_qkv, rotate_qk)
 from .feature_maps import build_feature_map
 
 
@@ -53,6 +53,7 @@ class DeltaRuleBase(Mixer):
         return {}
 
     def phi(self, q: Tensor, k: Tensor, ctx: MixerContext, pos: Tensor):
+        position_state_decay(ctx, self.heads, type(self).__name__, supported=False)
         q, k, after = feature_hook_before(ctx.pos, q, k, pos)
         fq, fk = self.fmap(q, pos, is_query=True), self.fmap(k, pos)
         if after:

@@ -51,6 +51,8 @@ class MomentumAttention(KernelAttention):
                          bias, max_len)
         self.mu, self.gamma = float(momentum), float(step)
 
+    takes_state_decay = False       # its two states follow their own (momentum) dynamics
+
     def attend(self, fq, fk, v, mask, causal, state, log_decay=None, k_weight=None):
         if not causal:
             raise ValueError("momentum attention is causal only (momentum follows token order)")

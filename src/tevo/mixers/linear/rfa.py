@@ -32,7 +32,7 @@ from ...errors import ConfigError
 from ...nn.chunked import NEG, fp32_region, upcast
 from ...nn.context import MixerContext
 from ...registry import MIXERS
-from .common import KernelAttention, key_mask, merge_heads, rotate_qk
+from .common import KernelAttention, key_mask, merge_heads, position_state_decay, rotate_qk
 from .landmarks import segment_means
 
 ESTIMATORS = ("rfa", "lara")
@@ -97,6 +97,7 @@ class RandomFeatureAttention(KernelAttention):
             return super().forward(x, ctx, state)
         if ctx.causal:
             raise ValueError("LARA is bidirectional only")
+        position_state_decay(ctx, self.heads, "rfa (lara)", supported=False)
         B, n, _ = x.shape
         q, k, v = self.qkv(x, ctx)
         q, k, _ = rotate_qk(q, k, x, ctx)
