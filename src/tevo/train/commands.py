@@ -8,6 +8,7 @@
     tevo generate runs/default --prompt "ROMEO:" --max-new-tokens 50 --beams 4
     tevo generate runs/default --method pcw --context-file play.txt --window 256 --prompt "Q:"
     tevo finetune runs/bert task=genre           # a labelled task on the pre-trained weights
+    tevo finetune runs/default --peft pafi peft.sparsity=0.01 data.corpus=stdlib
 
 Under ``torchrun --nproc_per_node N -m tevo train ...`` the same command trains with DDP.
 """
@@ -285,6 +286,8 @@ def _finetune(args) -> int:
     from ..errors import InputError
     from .finetune import finetune
     task, overrides = "genre", []
+    if getattr(args, "peft", None):
+        return _peft_finetune(args)
     for it in args.args:
         if "=" not in it:
             raise InputError(f"expected key=value (task=NAME or a config override), got {it!r}")
@@ -301,6 +304,30 @@ def _finetune(args) -> int:
         print(f"test accuracy {s.get('test_accuracy', float('nan')):.4f} on held-out works "
               f"(chance: always '{ch.get('majority_class')}' = "
               f"{ch.get('majority_accuracy', float('nan')):.4f}); run: {s['run_dir']}")
+    return 0
+
+
+def _peft_finetune(args) -> int:
+    from ..config import _parse_value
+    from ..errors import InputError
+    from .peft_finetune import peft_finetune
+    opts, overrides = {}, []
+    name, *rest = args.peft
+    for it in [*args.args, *rest]:
+        if "=" not in it:
+            raise InputError(f"expected key=value (peft.OPTION=V or a config override), "
+                             f"got {it!r}")
+        k, v = it.split("=", 1)
+        if k.startswith("peft."):
+            opts[k[5:]] = _parse_value(v)
+        else:
+            overrides.append(it)
+    s = peft_finetune(args.run_dir, {"name": name, **opts}, overrides)
+    if args.json:
+        print(json.dumps(s, indent=1))
+    else:
+        print(f"{s['peft']}: {s['trainable_params']} of {s['total_params']} parameters trained"
+              f"; val loss {s.get('final_val_loss', float('nan')):.4f}; run: {s['run_dir']}")
     return 0
 
 
@@ -324,6 +351,10 @@ def add_commands(sub) -> None:
                                    "test split and the majority-class chance.")
     p.add_argument("run_dir")
     p.add_argument("args", nargs="*", metavar="[task=NAME] [key=value]")
+    p.add_argument("--peft", default=None, nargs="+", metavar="NAME [key=value]",
+                   help="parameter-efficient fine-tuning of a language-model run instead "
+                        "(pafi, hiwi, meft, lora; options as peft.KEY=VALUE, data as "
+                        "data.corpus=...): checkpoints hold only the trained delta")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(fn=_finetune)
 
