@@ -108,3 +108,41 @@ def test_bad_options_are_one_line_errors(over, field):
     with pytest.raises(ConfigError) as e:
         tevo.build_model(cfg)
     assert str(e.value).startswith(field) and "\n" not in str(e.value)
+
+
+def test_gmat_is_global_memory_beside_a_local_band():
+    """GMAT: with a band as wide as the input it is MemTransformer; with window w the one-layer
+    output of token i is the written-out attention over the memory and tokens |i − j| ≤ w, so a
+    token outside the band reaches i only through the global memory."""
+    torch.manual_seed(0)
+    cfg = {"arch": "gmat", "vocab_size": V, "d_model": 16, "n_layers": 1, "max_len": 32,
+           "mixer": {"name": "softmax", "heads": 2}, "position": "learned",
+           "extra": {"mem_tokens": 2, "window": 1}}
+    model = tevo.build_model(cfg).eval()
+    wide = tevo.build_model({**cfg, "extra": {"mem_tokens": 2, "window": 30}}).eval()
+    memtr = tevo.build_model({**cfg, "arch": "memory_tokens",
+                              "extra": {"mem_tokens": 2, "mem_variant": "memtr"}}).eval()
+    wide.load_state_dict(model.state_dict())
+    memtr.load_state_dict(model.state_dict())
+    ids = torch.randint(0, V, (2, 7))
+    blk = model.blocks.blocks[0]
+    mixer, ffn = blk.sublayers
+    r0, r1 = blk.residuals
+    with torch.no_grad():
+        torch.testing.assert_close(wide(ids).logits, memtr(ids).logits, atol=1e-6, rtol=1e-6)
+        x, _ = _embedded(model, ids)
+        h = torch.cat([model.blocks.mem.expand(2, -1, -1), x], 1)       # (2, 9, 16)
+        hn = r0.norm(h)
+        q = mixer.q_proj(hn).view(2, 9, 2, 8)
+        kk = mixer.k_proj(hn).view(2, 9, 2, 8)
+        vv = mixer.v_proj(hn).view(2, 9, 2, 8)
+        allow = torch.ones(9, 9, dtype=torch.bool)
+        for i in range(7):
+            for j in range(7):
+                allow[2 + i, 2 + j] = abs(i - j) <= 1
+        s = torch.einsum("bihe,bjhe->bhij", q, kk).div(math.sqrt(8))
+        a = s.masked_fill(~allow, float("-inf")).softmax(-1)
+        y = h + mixer.o_proj(torch.einsum("bhij,bjhe->bihe", a, vv).reshape(2, 9, 16))
+        y = y + ffn(r1.norm(y))
+        torch.testing.assert_close(model(ids).logits, _heads(model, y[:, 2:]), atol=1e-5,
+                                   rtol=1e-5)

@@ -1,5 +1,6 @@
 """Memory Transformer: trainable [mem] tokens prepended to the input of a bidirectional encoder,
-with the MemCtrl and MemBottleneck variants.
+with the MemCtrl and MemBottleneck variants; and GMAT, global memory tokens beside a sparse
+(local-band) attention between sequence tokens (Gupta & Berant, 2020, §3).
 
 Paper: Memory Transformer (Burtsev, Kuratov, Peganov & Sapunov, 2020), §2:
     MemTransformer:  X^0 = [mem ∘ E(x)];  X^l = Layer_l(X^l−1)   (full attention over both)
@@ -37,14 +38,15 @@ VARIANTS = ("memtr", "memctrl", "membottleneck")
 class MemoryTokenStack(nn.Module):
     """The encoder's block stack with k memory rows in front (see the module docstring)."""
 
-    def __init__(self, cfg: ModelConfig, causal: bool, k: int, variant: str):
+    def __init__(self, cfg: ModelConfig, causal: bool, k: int, variant: str,
+                 window: int | None = None):
         super().__init__()
-        self.k, self.variant = k, variant
+        self.k, self.variant, self.window = k, variant, window
         self.stack = BlockStack(cfg, causal)
         self.blocks = self.stack.blocks
         self.ctrl = BlockStack(cfg, causal).blocks if variant == "memctrl" else None
         self.mem = nn.Parameter(torch.randn(k, cfg.d_model) * cfg.init_std)
-        if variant == "membottleneck":
+        if variant in ("membottleneck", "gmat"):
             for blk in self.blocks:
                 mixer = blk.sublayers[blk.layout.index("a")] if "a" in blk.layout else None
                 takes = getattr(mixer, "takes_attn_mask", False)
@@ -52,8 +54,8 @@ class MemoryTokenStack(nn.Module):
                     takes = takes()
                 if not takes:
                     raise ConfigError("model.mixer", getattr(mixer, "registry_name", "?"),
-                                      why="MemBottleneck restricts who attends to whom; this "
-                                          "mixer does not take an attention pattern")
+                                      why=f"{variant} restricts who attends to whom; this "
+                                          f"mixer does not take an attention pattern")
 
     @property
     def final_norm(self) -> bool:
@@ -84,10 +86,15 @@ class MemoryTokenStack(nn.Module):
             bottleneck[:, :k, :] = True
             if am is not None:
                 bottleneck = bottleneck & am
+        if self.variant == "gmat":                           # memory ↔ all, sequence: band
+            idx = torch.arange(n, device=dev)
+            band = torch.ones(1, k + n, k + n, dtype=torch.bool, device=dev)
+            band[:, k:, k:] = (idx[:, None] - idx[None, :]).abs() <= self.window
+            c = c.replace(attn_mask=band if am is None else band & am)
         h = torch.cat([self.mem.to(x.dtype).expand(B, -1, -1), x], 1)   # (B, k + n, d)
         for i, blk in enumerate(self.blocks):
             c.layer, c.n_layers = i, len(self.blocks)
-            if self.variant == "memtr":
+            if self.variant in ("memtr", "gmat"):
                 h, _ = blk(h, c)
             elif self.variant == "memctrl":
                 m, _ = self.ctrl[i](h, c)                    # the memory controller
@@ -127,3 +134,31 @@ class MemoryTransformer(Encoder):
                               why="memory tokens prepended to a causal model read nothing; "
                                   "use memory 'rmt' for a decoder")
         return MemoryTokenStack(cfg, self.causal, k, variant)
+
+
+@MODELS.register(
+    "gmat", paper="GMAT: Global Memory Augmentation for Transformers (Gupta & Berant, 2020)",
+    equation="§3: [mem ∘ x]; memory attends to all and all attend to memory; sequence tokens "
+             "attend to each other through a sparse (local band |i − j| ≤ w) pattern",
+    complexity=("O(n·(w + k)·d) attention with a banded kernel (here a mask over dense "
+                "O((n + k)²) scores)", "k·d memory parameters"),
+    test="tests/papers/test_models_memory_tokens.py::"
+         "test_gmat_is_global_memory_beside_a_local_band",
+    tiny={"mixer": {"name": "softmax", "heads": 2},
+          "extra": {"mem_tokens": 2, "window": 2}})
+class GlobalMemoryTransformer(Encoder):
+    """An encoder whose k global memory tokens attend to and are attended by every token, beside
+    sparse (local-band) attention between sequence tokens (GMAT)."""
+
+    def build_blocks(self, cfg: ModelConfig) -> nn.Module:
+        ex = cfg.extra or {}
+        k, w = ex.get("mem_tokens", 8), ex.get("window", 8)
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise ConfigError("model.extra.mem_tokens", k, why="an integer >= 1")
+        if isinstance(w, bool) or not isinstance(w, int) or w < 0:
+            raise ConfigError("model.extra.window", w, why="an integer >= 0")
+        if self.causal:
+            raise ConfigError("model.causal", True, [False],
+                              why="GMAT's global memory attends to every token; a causal "
+                                  "model cannot carry it")
+        return MemoryTokenStack(cfg, self.causal, k, "gmat", window=w)
