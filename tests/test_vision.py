@@ -192,16 +192,16 @@ def test_tevo_train_and_eval_report_accuracy_and_confusion_png(tmp_path, capsys)
     assert png.exists() and png.read_bytes()[:4] == b"\x89PNG"
 
 
-@pytest.mark.parametrize("preset,mixer,steps", [("poolformer", "pool", 40), ("gfnet", "gfnet", 100),
-                                                ("xcit", "xca", 100)])
+@pytest.mark.parametrize("preset,mixer,steps", [
+    ("poolformer", "pool", 40), ("gfnet", "gfnet", 100), ("xcit", "xca", 100),
+    ("swinv2", "swin_window", 60), ("nest", "nest", 60), ("crossformer", "crossformer_lsda", 60)])
 def test_vision_presets_use_their_mixers_and_learn(preset, mixer, steps, tmp_path):
     from tevo.train.trainer import Trainer
     cfg = load_config(preset, ["train.threads=1", "train.progress=false", "train.plot=false",
                                f"train.steps={steps}", "train.warmup=10", "train.max_minutes=null",
                                "train.eval_every=0", f"train.out_dir={tmp_path}"])
     tr = Trainer(cfg)
-    mixers = {type(m).registry_name for m in tr.model.modules()
-              if hasattr(type(m), "supports") and hasattr(type(m), "registry_name")}
-    assert mixers == {mixer}
+    blocks = [b for st in tr.model.stages for b in st.blocks]
+    assert {type(b.sublayers[0]).registry_name for b in blocks} == {mixer}
     s = tr.fit()
     assert s["val_accuracy"] > 0.3, s                   # chance is 0.1
