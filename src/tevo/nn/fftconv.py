@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
 from ..errors import ConfigError
 from ..registry import TOOLS
@@ -70,13 +71,10 @@ def _prepare(u: Tensor, k: Tensor, mask: Tensor | None):
     return uf, kf
 
 
-def _causal_fft(u: Tensor, k: Tensor) -> Tensor:
-    """Σ_j k_j u_{t-j} for t < n by FFT (u (B, n, d), k (d, L) or (B, d, L), L ≤ n)."""
-    n = u.shape[1]
-    N = fft_size(n, k.shape[-1])
-    U = torch.fft.rfft(u.transpose(1, 2), n=N, dim=-1)     # (B, d, N/2+1): contiguous FFTs
-    K = torch.fft.rfft(k, n=N, dim=-1)                     # (d, N/2+1) or (B, d, N/2+1)
-    return torch.fft.irfft(U * K, n=N, dim=-1)[..., :n].transpose(1, 2)
+def _spectra(u: Tensor, k: Tensor) -> tuple[Tensor, Tensor, int]:
+    """rfft of u (B, n, d) as (B, d, N/2+1) rows (contiguous FFTs) and of k (…, d, L), and N."""
+    N = fft_size(u.shape[1], k.shape[-1])
+    return torch.fft.rfft(u.transpose(1, 2), n=N, dim=-1), torch.fft.rfft(k, n=N, dim=-1), N
 
 
 def _last_nonzero_keep(g: Tensor) -> Tensor:
@@ -87,31 +85,37 @@ def _last_nonzero_keep(g: Tensor) -> Tensor:
 
 
 class _CausalFFTConv(torch.autograd.Function):
-    """Causal FFT convolution whose input gradient is exactly causal.
+    """Causal FFT convolution y_t = Σ_j k_j u_{t-j} (t < n) with its adjoints in the frequency
+    domain: ∂L/∂u_s = Σ_j k_j g_{s+j} = irfft(G·conj(K)) and ∂L/∂k_j = Σ_t g_t u_{t-j} =
+    irfft(G·conj(U)) — N ≥ n + L − 1 keeps the negative lags of both correlations out of the
+    kept range. The forward's spectra are reused, so the backward costs one rfft and two irffts.
 
-    The adjoint of a causal convolution is anti-causal: ∂L/∂u_s = Σ_j k_j g_{s+j} (an FFT
-    correlation), which is exactly zero after the last step where the output gradient g is
-    nonzero. Rounding in the FFT leaves ~1e-10 there instead; the backward restores the exact
-    zeros, so "no gradient flows from the future" holds bit for bit."""
+    The input gradient of a causal convolution is exactly zero after the last step where the
+    output gradient g is nonzero; rounding in the FFT leaves ~1e-10 there instead, and the
+    backward restores the exact zeros, so "no gradient flows from the future" holds bit for
+    bit."""
 
     @staticmethod
     def forward(ctx, u: Tensor, k: Tensor) -> Tensor:
-        ctx.save_for_backward(u, k)
-        return _causal_fft(u, k)
+        n, L = u.shape[1], k.shape[-1]
+        U, K, N = _spectra(u, k)                           # (B, d, F), (…, d, F)
+        ctx.save_for_backward(U, K)
+        ctx.shape = (n, L, N, k.dim())
+        return torch.fft.irfft(U * K, n=N, dim=-1)[..., :n].transpose(1, 2)   # (B, n, d)
 
     @staticmethod
+    @once_differentiable                                   # spectra are saved, not inputs
     def backward(ctx, g: Tensor):
-        u, k = ctx.saved_tensors
-        n, L = u.shape[1], k.shape[-1]
+        U, K = ctx.saved_tensors
+        n, L, N, kdim = ctx.shape
+        G = torch.fft.rfft(g.transpose(1, 2), n=N, dim=-1)     # (B, d, F)
         grad_u = grad_k = None
-        if ctx.needs_input_grad[0]:                        # anti-causal: flip, convolve, flip
-            grad_u = _causal_fft(g.flip(1), k).flip(1) * _last_nonzero_keep(g)
-        if ctx.needs_input_grad[1]:                        # r_j = Σ_t g_t u_{t-j}, j < L
-            N = fft_size(n, L)
-            G = torch.fft.rfft(g.transpose(1, 2), n=N, dim=-1)
-            U = torch.fft.rfft(u.transpose(1, 2), n=N, dim=-1)
-            grad_k = torch.fft.irfft(G * U.conj(), n=N, dim=-1)[..., :L]   # (B, d, L)
-            if k.dim() == 2:
+        if ctx.needs_input_grad[0]:
+            grad_u = torch.fft.irfft(G * K.conj(), n=N, dim=-1)[..., :n].transpose(1, 2)
+            grad_u = grad_u * _last_nonzero_keep(g)
+        if ctx.needs_input_grad[1]:
+            grad_k = torch.fft.irfft(G * U.conj(), n=N, dim=-1)[..., :L]    # (B, d, L)
+            if kdim == 2:
                 grad_k = grad_k.sum(0)
         return grad_u, grad_k
 
