@@ -4,6 +4,7 @@ model (base + delta, merged) gives the fine-tuned numbers; a different base is r
 line; bad options are one line."""
 from __future__ import annotations
 
+import importlib.util
 import json
 
 import pytest
@@ -54,13 +55,16 @@ def base(corpus, tmp_path_factory):
     return out
 
 
+_PEFT = pytest.mark.skipif(importlib.util.find_spec("peft") is None,
+                           reason="LoRA needs the optional extra peft (tevo[peft])")
 FT = ["train.steps=3", "train.warmup=1", "train.eval_every=3", "train.eval_batches=1",
       "train.final_eval_batches=1", "train.batch_size=4", "train.progress=false"]
 
 
 @pytest.mark.parametrize("method,opts", [("pafi", ["peft.sparsity=0.05"]),
                                          ("hiwi", ["peft.rank=2"]),
-                                         ("meft", ["peft.rank=2", "peft.lam=0.5"])])
+                                         ("meft", ["peft.rank=2", "peft.lam=0.5"]),
+                                         pytest.param("lora", ["peft.rank=2"], marks=_PEFT)])
 def test_peft_finetune_saves_only_the_delta_and_reloads(base, corpus, capsys, method, opts):
     assert cli.main(["finetune", str(base), "--json", "--peft", method, *opts,
                      f"data.path={corpus / 'b.txt'}", *FT]) == 0
