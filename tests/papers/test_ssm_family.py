@@ -21,3 +21,20 @@ def test_bf16_parameters_forward_and_decode(name):
         _, st = m(x[:, :5], ctx_for(x[:, :5], causal), st)
         y5, _ = m(x[:, 5:6], ctx_for(x[:, 5:6], causal), st)
         torch.testing.assert_close(y5.float(), y[:, 5:6].float(), atol=5e-2, rtol=5e-2)
+
+
+@pytest.mark.parametrize("name", ["hyena", "ckconv"])
+def test_decode_kernel_cache_follows_parameter_changes(name):
+    """Decoding reuses the kernel while the parameters are unchanged; an in-place update (an
+    optimiser step, load_state_dict) must give the new kernel, not a stale one."""
+    m = make_mixer(name, True)
+    x = torch.randn(1, 6, 16)
+    with torch.no_grad():
+        for _ in range(2):                                   # second pass: after an update
+            st = m.init_state(1)
+            _, st = m(x[:, :5], ctx_for(x[:, :5], True), st)
+            y5, _ = m(x[:, 5:6], ctx_for(x[:, 5:6], True), st)
+            full, _ = m(x, ctx_for(x, True))
+            torch.testing.assert_close(y5, full[:, 5:6], rtol=1e-5, atol=1e-5)
+            for p in m.parameters():
+                p.mul_(1.1)

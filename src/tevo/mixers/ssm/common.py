@@ -57,6 +57,26 @@ def two_sided_conv(u: Tensor, k_fwd: Tensor, k_bwd: Tensor, D: Tensor | None,
     return y + reverse(fft_conv(reverse(u), k_bwd, None, reverse(mask)))
 
 
+def decode_kernel(module: nn.Module, L: int, make):
+    """``make(L)`` for a decoding step, computed once while the parameters stay the same.
+
+    Kernel networks (Hyena's FFN, CKConv's SIREN) would otherwise be re-evaluated on all L taps
+    for every generated token. Only without autograd (decoding); the key holds every
+    parameter's storage, version counter (bumped by optimiser steps and load_state_dict) and
+    dtype, and the autocast state, so any change recomputes it."""
+    if torch.is_grad_enabled():
+        return make(L)
+    params = list(module.parameters())
+    dev = params[0].device.type if params else "cpu"
+    key = (L, torch.is_autocast_enabled(dev),
+           tuple((p.data_ptr(), p._version, p.dtype) for p in params))
+    cache = module.__dict__.get("_decode_kernel")
+    if cache is None or cache[0] != key:
+        cache = (key, make(L))
+        module.__dict__["_decode_kernel"] = cache
+    return cache[1]
+
+
 class GLUOutput(nn.Module):
     """Position-wise output of the S4 block: GLU(W y) with W: d → 2d."""
 
@@ -96,7 +116,7 @@ class LongConvMixer(Mixer):
         if state is None:
             k, _ = self.kernels(min(n, self.kernel_len))
             return fft_conv(u, k, self.D, mask), None
-        k, _ = self.kernels(self.kernel_len)
+        k, _ = decode_kernel(self, self.kernel_len, self.kernels)
         y, buf = conv_with_state(u, k, state["buf"], self.D, mask)
         return y, {"buf": buf}
 

@@ -34,7 +34,7 @@ from ...nn.fftconv import conv_buffer, conv_with_state, fft_conv
 from ...nn.ssm import check_positive
 from ...registry import MIXERS
 from ..base import Mixer, Supports
-from .common import check_float, resolve_kernel_len
+from .common import check_float, decode_kernel, resolve_kernel_len
 
 
 class Sin(nn.Module):
@@ -146,7 +146,7 @@ class Hyena(Mixer):
                 k = self.filters(min(n, self.L))
             else:
                 uc, short = conv_with_state(u, self.short_w, state["short"], mask=mask)
-                k = self.filters(self.L)
+                k = decode_kernel(self, self.L, self.filters)
                 longs = []
             uc = uc + self.short_b
             *xs, z = uc.split(self.d_model, -1)
