@@ -62,8 +62,11 @@ def test_induction_target_follows_first_trigger():
     assert (labels[:, :-1] == IGNORE).all()
 
 
-@pytest.mark.parametrize("name", TASKS.names())
+@pytest.mark.parametrize("name", [n for n in TASKS.names()
+                                  if callable(getattr(TASKS.get(n).obj, "sample", None))])
 def test_tasks_are_deterministic_per_seed(name):
+    """Every generated task (one with ``sample``; corpus tasks such as genre are split by
+    whole works and tested by their own files) is a function of its seed."""
     e = TASKS.get(name)
     task = TASKS.build({"name": name, **e.tiny})
     a, b, c = task.sample(8, seed=7), task.sample(8, seed=7), task.sample(8, seed=8)
