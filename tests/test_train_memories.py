@@ -37,16 +37,16 @@ MEMORIES = {
 
 @pytest.mark.parametrize("name", sorted(MEMORIES))
 def test_memory_trains_resumes_exactly_and_evaluates_segment_wise(name, corpus, tmp_path, capsys):
-    ov = [*MEMORIES[name], "model.dropout=0.1", "train.steps=6", "train.eval_every=3",
-          "train.final_eval_batches=2"]
+    ov = [*MEMORIES[name], "model.dropout=0.1", "train.steps=4", "train.eval_every=2",
+          "train.eval_batches=1", "train.final_eval_batches=1"]
     s = train(load_config("default", tiny(corpus, tmp_path / "full", *ov)))
-    train(load_config("default", tiny(corpus, tmp_path / "part", *ov)), stop_at=3)
+    train(load_config("default", tiny(corpus, tmp_path / "part", *ov)), stop_at=2)
     st = torch.load(latest_checkpoint(tmp_path / "part") / STATE, weights_only=True)
-    assert st["memory"] is not None and st["memory"]["seen"].tolist() == [3 * 32] * 8
+    assert st["memory"] is not None and st["memory"]["seen"].tolist() == [2 * 32] * 8
     assert cli.main(["train", "--resume", str(tmp_path / "part")]) == 0
-    assert_same_run(tmp_path / "full", tmp_path / "part", steps=6)
+    assert_same_run(tmp_path / "full", tmp_path / "part", steps=4)
     capsys.readouterr()
-    assert cli.main(["eval", str(tmp_path / "full"), "--json", "--max-batches", "2"]) == 0
+    assert cli.main(["eval", str(tmp_path / "full"), "--json", "--max-batches", "1"]) == 0
     got = json.loads(capsys.readouterr().out)["loss"]
     assert abs(got - s["final_val_loss"]) < 1e-6
 
@@ -59,9 +59,9 @@ def test_memory_trains_resumes_exactly_and_evaluates_segment_wise(name, corpus, 
 def test_depth_recurrent_and_reversible_models_train_and_resume_exactly(over, corpus, tmp_path):
     """tevo train runs them like any model: the ponder cost enters the logged loss (aux), the
     reversible backward drives the optimiser, and a resumed run equals the uninterrupted one."""
-    ov = [*over, "model.position=rope", "train.steps=6", "train.eval_every=3",
-          "train.final_eval_batches=2"]
+    ov = [*over, "model.position=rope", "train.steps=4", "train.eval_every=2",
+          "train.eval_batches=1", "train.final_eval_batches=1"]
     train(load_config("default", tiny(corpus, tmp_path / "full", *ov)))
-    train(load_config("default", tiny(corpus, tmp_path / "part", *ov)), stop_at=3)
+    train(load_config("default", tiny(corpus, tmp_path / "part", *ov)), stop_at=2)
     assert cli.main(["train", "--resume", str(tmp_path / "part")]) == 0
-    assert_same_run(tmp_path / "full", tmp_path / "part", steps=6)
+    assert_same_run(tmp_path / "full", tmp_path / "part", steps=4)
