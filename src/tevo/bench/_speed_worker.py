@@ -176,9 +176,10 @@ def _measure(spec: dict) -> dict:
     causal = bool(spec.get("causal", True))
     steps = int(spec.get("decode_steps", 8))
     # fixed-length mixers hold tables of max_len positions: room for the decode steps after n
+    grid = image_grid(name, n)           # image-only mixers run on an h×w grid of n tokens
     mixer = MIXERS.build({"name": name, **spec.get("options", {})}, d_model=d,
                          max_len=n + steps + 1, causal=causal, layer=0, n_layers=1,
-                         dropout=0.0).to(dev, dtype)
+                         dropout=0.0, **({"grid": list(grid)} if grid else {})).to(dev, dtype)
     x = torch.randn(B, n, d, device=dev, dtype=dtype)
     pos = torch.arange(n, device=dev).unsqueeze(0).expand(B, n)
     sync = (lambda: torch.cuda.synchronize(dev)) if dev.type == "cuda" else (lambda: None)
@@ -190,15 +191,23 @@ def _measure(spec: dict) -> dict:
             continue
         try:
             out[mode] = _mode(mode, mixer, x, pos, causal, n, d, B, dev, dtype, steps, repeat,
-                              budget, sync, mem)
+                              budget, sync, mem, grid)
         except Exception as e:                      # one failing mode keeps the others
             out[mode] = {"error": f"{type(e).__name__}: {e}".strip()}
     out["peak_reset"] = mem.reset_ok
     return out
 
 
+def image_grid(name: str, n: int) -> tuple[int, int] | None:
+    """None for a mixer that takes a 1-D sequence; else the most square h×w = n grid."""
+    if MIXERS.get(name).supports.text:
+        return None
+    h = max(a for a in range(1, int(n ** 0.5) + 1) if n % a == 0)
+    return h, n // h
+
+
 def _mode(mode, mixer, x, pos, causal, n, d, B, dev, dtype, steps, repeat, budget, sync,
-          mem) -> dict:
+          mem, grid=None) -> dict:
     """Times (and peak memory) of one mode: forward, train (forward + backward) or decode."""
     rec: dict = {}
     if mode == "forward":
@@ -206,7 +215,7 @@ def _mode(mode, mixer, x, pos, causal, n, d, B, dev, dtype, steps, repeat, budge
 
         def fn():
             with torch.no_grad():
-                mixer(x, MixerContext(causal=causal, positions=pos))
+                mixer(x, MixerContext(causal=causal, positions=pos, grid=grid))
         rec["times"], rec["peak_bytes"] = _timed(fn, repeat, budget, sync, mem)
     elif mode == "train":
         mixer.train()
@@ -215,7 +224,7 @@ def _mode(mode, mixer, x, pos, causal, n, d, B, dev, dtype, steps, repeat, budge
         def fn():
             mixer.zero_grad(set_to_none=True)
             xg.grad = None
-            ctx = MixerContext(causal=causal, positions=pos)
+            ctx = MixerContext(causal=causal, positions=pos, grid=grid)
             y, _ = mixer(xg, ctx)
             loss = y.float().square().mean()
             aux = ctx.aux_loss()
