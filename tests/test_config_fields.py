@@ -26,7 +26,8 @@ BAD = [("train.steps=abc", "train.steps"), ("train.steps=2.5", "train.steps"),
        ("model.tie_embeddings=1", "model.tie_embeddings"), ("train.keep_last=-1", "keep_last"),
        ("train.max_minutes=0", "train.max_minutes"), ("model.d_model=16.5", "model.d_model"),
        ("train.no_decay=5", "train.no_decay"), ("train.extra=5", "train.extra"),
-       ("model.layers=5", "model.layers")]
+       ("model.layers=5", "model.layers"), ("train.out_dir=[1]", "train.out_dir"),
+       ("name=true", "name")]
 
 
 @pytest.mark.parametrize("override,name", BAD, ids=[b[0] for b in BAD])

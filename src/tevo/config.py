@@ -38,7 +38,7 @@ class ModelConfig:
     norm: Any = "layernorm"
     residual: Any = "pre_ln"
     position: Any = "learned"
-    layout: str = "a f"                    # sublayers of a block: a=mixer, c=cross, f=ffn
+    layout: str = option("a f", type=str)   # sublayers of a block: a=mixer, c=cross, f=ffn
     dropout: float = option(0.0, ge=0, lt=1)
     tie_embeddings: bool = True
     embedding_norm: bool = False           # LayerNorm after the embeddings (BERT, BLOOM)
@@ -66,7 +66,7 @@ class ModelConfig:
 @dataclass
 class DataConfig:
     corpus: str = "shakespeare"            # CORPORA registry name or a path
-    path: str | None = None
+    path: str | None = option(None, type=str | None)
     tokenizer: str = "bytes"               # bytes | chars | bpe
     vocab_size: int | None = option(None, ge=2)  # bpe: target vocabulary
     seq_len: int = option(256, ge=1)
@@ -95,8 +95,8 @@ class TrainConfig:
     log_every: int = option(10, ge=1)
     ckpt_every: int = option(500, ge=0, doc="0 = only at the end")
     keep_last: int = option(2, ge=0, doc="0 = keep every checkpoint")
-    out_dir: str = "runs/default"
-    device: str = "auto"
+    out_dir: str = option("runs/default", type=str)
+    device: str = option("auto", type=str)
     sample_tokens: int = option(200, ge=0)
     tensorboard: bool = False
     max_minutes: float | None = option(None, gt=0)  # wall-clock budget (the schedule follows)
@@ -115,7 +115,7 @@ class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     objective: Any = "clm"
-    name: str = "run"
+    name: str = option("run", type=str)
 
     def to_dict(self) -> dict:
         return to_dict(self)
@@ -284,6 +284,7 @@ def validate(cfg: RunConfig) -> None:
         if not dataclasses.is_dataclass(sub):
             raise ConfigError(section, sub, why="expected a mapping")
         check_fields(sub, f"{section}.")
+    check_fields(cfg, "")
     betas = cfg.train.betas
     if not isinstance(betas, (list, tuple)) or len(betas) != 2 or not all(
             isinstance(b, (int, float)) and not isinstance(b, bool) and 0 <= b < 1

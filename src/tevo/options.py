@@ -148,6 +148,10 @@ def coerce(value, members: list):
             return value                 # YAML has no tuples: either sequence will do
         if m is dict and isinstance(value, dict):
             return value
+        if m is str and isinstance(value, str):
+            return value
+        if m is str and isinstance(value, int) and not isinstance(value, bool):
+            return str(value)            # a name YAML read as a number (out_dir=2024)
         if typing.get_origin(m) is typing.Literal and value in typing.get_args(m) \
                 and type(value) in {type(a) for a in typing.get_args(m)}:
             return value
@@ -163,10 +167,11 @@ def coerce(value, members: list):
 def check(where: str, value, tp=None, spec: Option | None = None, default=_MISSING):
     """The checked (possibly coerced) value of one option, or a one-line ConfigError."""
     spec = spec or Option()
-    tp = spec.type if spec.type is not None else tp
     if tp is None and default is not _MISSING and default is not None:
         tp = type(default) if type(default) in (int, float, bool) else None
-    members = checked_type(tp)
+    # an explicit Option(type=...) is enforced whatever it is (str too); an annotation only
+    # for the types every caller means literally
+    members = _members(spec.type) if spec.type is not None else checked_type(tp)
     if members is not None and default is None and type(None) not in members:
         members = members + [type(None)]
     rng = spec.describe()
