@@ -152,7 +152,7 @@ def _evaluate_run(run, args) -> dict:
         from ..errors import InputError
         raise InputError(f"the {args.split} split holds no complete window of "
                          f"{run.data.seq_len} tokens; lower data.seq_len (--data seq_len=N)")
-    if run.objective.data_format == "image":          # a classifier: its confusion matrix
+    if run.objective.data_format == "image" and run.cfg.objective != "ddpm":   # a classifier
         out.update(_confusion(run, args.split, bs))
     if lengths:
         out["lengths"] = evaluate_lengths(run.model, run.objective, run.data, lengths,
@@ -199,10 +199,29 @@ def _print_eval(run, args, out: dict) -> None:
 def _generate(args) -> int:
     from .run import load_run
     run = load_run(args.run_dir, args.device)
+    if run.cfg.objective == "ddpm":                   # a diffusion run: a PNG grid of samples
+        with _run_threads(run):
+            print(_diffusion_samples(run, args))
+        return 0
     with _run_threads(run):
         text = _continue_prompt(run, args)
     print(text)
     return 0
+
+
+def _diffusion_samples(run, args) -> str:
+    """``--samples`` images by ancestral sampling (DDPM, Algorithm 2) written as one PNG grid
+    (default RUN/samples.png); returns its path."""
+    import torch
+
+    from ..errors import ConfigError
+    from ..models.diffusion import image_grid_png
+    n = args.samples
+    if not isinstance(n, int) or n < 1:
+        raise ConfigError("--samples", n, why="expected a positive integer")
+    gen = torch.Generator(device=run.device).manual_seed(args.seed)
+    images = run.model.sample(n, generator=gen)
+    return str(image_grid_png(images, args.out or run.run_dir / "samples.png"))
 
 
 def _continue_prompt(run, args) -> str:
@@ -398,5 +417,9 @@ def add_commands(sub) -> None:
                                                             "--context-file")
     p.add_argument("--escapes", action="store_true", help="interpret \\n etc. in the prompt")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--samples", type=int, default=16,
+                   help="a diffusion run (objective ddpm): images to sample into the PNG grid")
+    p.add_argument("--out", default=None, help="a diffusion run: the PNG path (default "
+                                               "RUN/samples.png)")
     p.add_argument("--device", default="cpu")
     p.set_defaults(fn=_generate)
