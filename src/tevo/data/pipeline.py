@@ -5,7 +5,8 @@ Formats (``objective.data_format``):
 - ``lm``:      ``{"input_ids": (B, n), "labels": (B, n)}``, labels = inputs shifted by one;
 - ``mlm``:     ``{"input_ids": (B, n)}`` (the objective masks them);
 - ``seq2seq``: ``{"src_ids": (B, n/2), "tgt_ids": (B, n/2 + 2)}`` with [BOS] … [EOS]
-  (on a corpus: continue the first half of a window).
+  (on a corpus: continue the first half of a window);
+- ``spans``:   a span task's passages and typed spans (``tevo.data.spans``).
 
 A run's tokenizer and tokenized splits are cached in the run folder (``tokenizer.json``,
 ``data/{train,val,test}.npy`` memory-mapped, ``data/meta.json``), so resuming, ``tevo eval``
@@ -315,6 +316,13 @@ def build_data(cfg, objective, run_dir=None, is_main: bool = True, barrier=None)
                               f"image_classification and model.arch=vit (not {fmt!r} text)")
     if cfg.data.task is not None:
         task = TASKS.build(cfg.data.task, "data.task")
+        if "spans" in getattr(task, "formats", ()) or fmt == "spans":   # (tevo.data.spans)
+            if fmt not in task.formats:
+                raise ConfigError("objective", fmt, ["global_pointer"] if "spans" in
+                                  task.formats else list(task.formats),
+                                  why=f"task {task.registry_name!r} has no {fmt!r} batches")
+            from .spans import SpanData
+            return SpanData.build(task, cfg)
         if getattr(task, "needs_tokenizer", False):      # labelled text (tevo.data.labelled)
             if fmt not in task.formats:
                 raise ConfigError("objective", fmt, ["text_classification"],

@@ -68,6 +68,19 @@ class Encoder(nn.Module):
         """input_ids (B, n); ``attn_mask`` (B|1, n, n) bool: an extra attention pattern
         (``MixerContext.attn_mask``); ``predict`` (B, n) bool: run the MLM head only at these
         positions (sparse prediction), logits then (N_predict, V)."""
+        h, ctx = self.encode_hidden(input_ids, attention_mask, token_type_ids, positions,
+                                    attn_mask)
+        hp = h if predict is None else h[predict.bool()]             # (B, n, d) | (N, d)
+        logits = self.head(self.mlm_transform(hp))                   # (B, n, V) | (N, V)
+        pooled = torch.tanh(self.pooler(h[:, 0]))                    # (B, d)
+        return ModelOutput(logits, None, ctx.aux_loss(), h,
+                           {"nsp_logits": self.nsp(pooled), "pooled": pooled, "aux": ctx.aux})
+
+    def encode_hidden(self, input_ids: Tensor, attention_mask: Tensor | None = None,
+                      token_type_ids: Tensor | None = None, positions: Tensor | None = None,
+                      attn_mask: Tensor | None = None) -> tuple[Tensor, MixerContext]:
+        """The final hidden states (B, n, d) and the layers' context (positions, aux losses),
+        before any output head."""
         check_ids(input_ids, self.cfg.vocab_size)
         B, n = input_ids.shape
         mask = None if attention_mask is None else attention_mask.bool()
@@ -99,8 +112,4 @@ class Encoder(nn.Module):
         h, _ = self.blocks(x, ctx)
         if self.norm is not None:
             h = self.norm(h)
-        hp = h if predict is None else h[predict.bool()]             # (B, n, d) | (N, d)
-        logits = self.head(self.mlm_transform(hp))                   # (B, n, V) | (N, V)
-        pooled = torch.tanh(self.pooler(h[:, 0]))                    # (B, d)
-        return ModelOutput(logits, None, ctx.aux_loss(), h,
-                           {"nsp_logits": self.nsp(pooled), "pooled": pooled, "aux": ctx.aux})
+        return h, ctx
