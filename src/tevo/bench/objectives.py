@@ -177,7 +177,8 @@ def run_objectives(opts: dict) -> list:
     if "electra" in means and "mlm" in means:
         (e, esd, _), (b, bsd, _) = means["electra"], means["mlm"]
         if math.isfinite(e) and math.isfinite(b):
-            verdict = "agrees" if e > b else "does not agree"
+            verdict = "agrees" if e > b else "does not agree" if e < b else \
+                "can neither confirm nor refute it (equal accuracy)"
             sep = abs(e - b) > (esd + bsd) if math.isfinite(esd + bsd) else False
             rep.notes.append(
                 f"ELECTRA's claim (replaced-token detection beats MLM at equal compute): this "
