@@ -205,3 +205,14 @@ def test_vision_presets_use_their_mixers_and_learn(preset, mixer, steps, tmp_pat
     assert {type(b.sublayers[0]).registry_name for b in blocks} == {mixer}
     s = tr.fit()
     assert s["val_accuracy"] > 0.3, s                   # chance is 0.1
+
+
+def test_bench_vision_quick_runs_and_reports(tmp_path):
+    from tevo.bench._run import run
+    (rep,) = run("vision", quick=True, out=str(tmp_path), presets=["vit"],
+                 mixers=["pool", "gfnet"], steps=3, threads=1)
+    rows = {r["row"]: r for r in rep.data["rows"]}
+    assert set(rows) == {"vit", "metaformer + pool", "metaformer + gfnet"}, rep.skipped
+    assert all(0 <= r["mean"] <= 1 and r["params"] > 0 for r in rows.values())
+    md = (tmp_path / "vision.md").read_text()
+    assert "metaformer + gfnet" in md and "Smoke test" in md
