@@ -17,8 +17,8 @@ embedding; a ``bias``/``qk`` encoding (Swin V2's ``swin_cpb``) is built per stag
 stage's grid width.
 
 Options (``ModelConfig``): image_size, patch_size (must divide the image size), channels,
-pool (cls | mean; default: ViT cls, MetaFormer mean), stages ([{n_layers, d_model, mixer?, ffn?}], default one stage of
-n_layers × d_model), vocab_size = the number of classes.
+pool (cls | mean; default: ViT cls, MetaFormer mean), stages ([{n_layers, d_model, mixer?,
+ffn?}], default one stage of n_layers × d_model), vocab_size = the number of classes.
 Complexity: Σ_stages L_i · (mixer(n_i) + O(n_i d_i²)) with n_i = (H/p/2^i)·(W/p/2^i).
 """
 from __future__ import annotations

@@ -10,7 +10,8 @@ the released ``spatial_shift``; S²-MLPv2: Improved Spatial-Shift MLP Architectu
               (the authors' in-place copy, not zeros)
     S²-MLPv2: [a, b, e] = split(W₁ x, 3) (c → 3c);  x₁ = shift(a), x₂ = shift'(b) (the other
               pattern: rows first, then columns), x₃ = e;  split attention:
-              s = mean_tokens(x₁ + x₂ + x₃), [α₁, α₂, α₃] = softmax_k(MLP(s)), y = W₂ Σ α_k x_k
+              s = mean_tokens(x₁ + x₂ + x₃), [α₁, α₂, α₃] = softmax_k(MLP(s)),
+              y = W₂ Σ_k α_k x_k
 Complexity: O(n d²) time, O(n d) memory; S²-MLP 2d², v2 ≈ 6d² parameters. Image grids only
 (the shift pattern is 2-D); v2's split attention pools over the whole image, so padding would
 change it (not supported).
