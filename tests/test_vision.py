@@ -65,6 +65,13 @@ def test_image_folder_reads_classes_and_refuses_bad_files(tmp_path):
     s = ImageFolder(str(tmp_path / "ok")).load()
     assert s.images.shape == (20, 3, 6, 6) and s.classes == ["cat", "dog"]
     assert sorted(np.bincount(s.labels).tolist()) == [10, 10]
+    from tevo.train.trainer import train                 # data.path= trains on the folder
+    cfg = load_config("vit", TINY_VIT + [f"data.path={tmp_path / 'ok'}", "model.patch_size=3",
+                                         "train.steps=2", "train.eval_every=0",
+                                         f"train.out_dir={tmp_path / 'run'}"])
+    assert train(cfg)["params"] > 0
+    saved = load_config(tmp_path / "run" / "config.yaml").model
+    assert (saved.image_size, saved.channels, saved.vocab_size) == ([6, 6], 3, 2)
     _write_folder(tmp_path / "mixed", sizes={("dog", 3): (7, 6)})
     with pytest.raises(InputError, match=r"3\.png.*one size"):
         ImageFolder(str(tmp_path / "mixed")).load()

@@ -32,6 +32,9 @@ def tiny_model(source):
     m["layers"] = {}
     if isinstance(m.get("extra"), dict) and "latents" in m["extra"]:     # Perceiver (AR)
         m["extra"] = {**m["extra"], "latents": 4}
+    if getattr(MODELS.get(m.get("arch", "gpt")).obj, "input_kind", "tokens") == "image":
+        m.setdefault("image_size", 8)          # image presets take their size from the data
+        m.setdefault("channels", 1)
     return tevo.build_model(m).eval()
 
 
