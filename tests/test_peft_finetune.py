@@ -8,7 +8,6 @@ import importlib.util
 import json
 
 import pytest
-import torch
 from safetensors.torch import load_file
 
 from tevo import cli

@@ -15,7 +15,8 @@ the M demonstration groups are encoded the same way (each group alone; groups ri
 so that they all end at position N − 1), and the test input attends to all of them with
 rescaled attention, the exp-scores of the group tokens scaled by 1/M:
 
-    Attn(q, ·) = Σ_{j ∈ groups} e^{q·k_j}/M · v_j + Σ_{j ∈ test} e^{q·k_j} v_j  /  (same sum of weights)
+    Attn(q, ·) = [Σ_{j ∈ groups} e^{q·k_j}/M · v_j + Σ_{j ∈ test} e^{q·k_j} v_j] / (the same
+                 sum of the weights)
 
 which is the additive score term −log M on every group key (for the group tokens themselves
 it shifts a whole row, which softmax ignores). M copies of one group therefore give the test

@@ -18,8 +18,8 @@ fine-tuning with stored activations; the price is one extra forward of each laye
 
 G_n(h) = ReLU(h W_down) W_up (a bottleneck adapter of rank r, Houlsby et al.); W_up = 0 at start.
 The last layer's y² is never read, so its adapter would get no gradient: G_L = 0 (L − 1
-adapters). Simplifications, said here: F_n is the whole frozen block without an adapter inside it (the
-paper's MEFT₁ also puts one in F); dropout must be 0 (recomputation would need each layer's
+adapters). Simplifications, said here: F_n is the whole frozen block without an adapter inside
+it (the paper's MEFT₁ also puts one in F); dropout must be 0 (recomputation would need each layer's
 RNG state); sublayer auxiliary losses are not collected in the recomputed forward.
 Complexity: time ≈ 2 forwards + 1 backward per layer; activation memory O(n·d) + one layer's
 working set; trainable parameters ≈ 2·d·r per layer.
