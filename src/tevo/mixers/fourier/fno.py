@@ -46,6 +46,9 @@ class FourierNeuralOperator(Mixer):
         self.m1, self.m2 = int(modes[0]), int(modes[1])
         self.d = d_model
         self.grid = check_grid_option(grid, "fno")          # given by an image model: 2-D
+        if self.grid is not None:         # modes beyond the grid's frequencies can never be used:
+            H, W = self.grid              # no weights for them (same function, fewer parameters)
+            self.m1, self.m2 = min(self.m1, H), min(self.m2, W // 2 + 1)
         scale = 1.0 / d_model
         # complex as (..., 2); 1-D: m2 modes; 2-D: 2·m1 rows × m2 columns (the authors' layout)
         shape = (self.m2,) if self.grid is None else (2 * self.m1, self.m2)
