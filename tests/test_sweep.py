@@ -106,7 +106,7 @@ def test_match_params_keeps_the_parameter_count_and_bad_input_is_one_line(corpus
 def test_deeper_wider_study_writes_its_table_from_a_sweep(tmp_path):
     from tevo.bench._run import run
     rep, = run("deeper_wider", quick=True, out=str(tmp_path), depths=[1, 2], steps=2,
-               seeds=[0, 1], jobs=1, d_model=32)
+               seeds=[0, 1], jobs=1, d_model=32, runs=str(tmp_path / "runs"))
     page = (tmp_path / "deeper_wider.md").read_text()
     assert "Smoke test, not a result" in page and "| 2 | 24 |" in page
     rows = rep.data["rows"]
@@ -114,4 +114,4 @@ def test_deeper_wider_study_writes_its_table_from_a_sweep(tmp_path):
     assert abs(rows[1]["params"] - rows[0]["params"]) / rows[0]["params"] < 0.05
     assert rows[1]["verdict"] in ("no measurable difference", "better than baseline",
                                   "worse than baseline")
-    assert len(list((tmp_path / "deeper_wider_runs" / "runs").glob("*/summary.json"))) == 4
+    assert len(list((tmp_path / "runs" / "runs").glob("*/summary.json"))) == 4

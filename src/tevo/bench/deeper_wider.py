@@ -26,6 +26,9 @@ OPTIONS = (
     Option("seeds", "ints", [0, 1, 2], "seeds per point", quick=[0, 1]),
     Option("jobs", "int", 2, "runs at once (one process and one thread each)"),
     Option("engine", "str", "local", "local processes or ray", choices=("local", "ray")),
+    Option("runs", "str", "runs/deeper_wider", "folder of the sweep's run folders (kept out of "
+                                              "the report's folder: each holds its data and "
+                                              "checkpoints)"),
 )
 
 
@@ -40,7 +43,7 @@ def run_deeper_wider(opts: dict) -> list:
                  f"train.warmup={max(1, opts['steps'] // 20)}"]
     if opts["quick"]:
         overrides.append("train.final_eval_batches=8")
-    sweep = Sweep(out=Path(opts["out"]) / "deeper_wider_runs", config="default",
+    sweep = Sweep(out=Path(opts["runs"]), config="default",
                   overrides=overrides, grid={"model.n_layers": list(opts["depths"])},
                   seeds=list(opts["seeds"]), match="model.d_model", match_step=2 * h)
     records = run_sweep(sweep, jobs=opts["jobs"], engine=opts["engine"], progress=True)
