@@ -1,6 +1,7 @@
-"""IGLOO (Sourkov, 2018): F = Conv1D(X); each of K fixed random patches gathers l
-(offset, channel) entries of F, weights and sums them:
-z_{t,k} = Σ_j W_{k,j} F[t − o_{k,j}, c_{k,j}] + b_k;  y = ReLU(z) W_out. Checked against a loop over (output, patch, entry) with the convolution
+"""IGLOO (Sourkov, 2018): F = LeakyReLU(Conv1D(X)); each of K fixed random patches gathers l
+slices (rows, or single (offset, channel) entries) of F, weights and sums them:
+z_{t,k} = Σ_j Σ_c W_{k,j,c} F[t − o_{k,j}, c] + b_k;  y = LeakyReLU(z) W_out.
+Checked against a loop over (output, patch, entry) with the convolution
 written out too; the causal form never reads the future; the tables are fixed and saved."""
 import pytest
 import torch
@@ -31,7 +32,7 @@ def slow(m, x):
                     p = t - left + i
                     if 0 <= p < n:
                         s = s + (Wc[c, :, i] * x[b, p]).sum()
-                feat[b, t, c] = s
+                feat[b, t, c] = torch.where(s > 0, s, 0.1 * s)
     y = torch.zeros(B, n, d)
     for b in range(B):
         for t in range(n):
@@ -48,20 +49,22 @@ def slow(m, x):
                     else:
                         s = s + m.weight[kk, j] * feat[b, p, int(m.chans[kk, j])]
                 z[kk] = s
-            y[b, t] = m.out_proj(torch.relu(z))
+            y[b, t] = m.out_proj(torch.where(z > 0, z, 0.1 * z))
     return y
 
 
-@pytest.mark.parametrize("causal,full_rows", [(True, False), (False, False), (True, True)])
+@pytest.mark.parametrize("causal,full_rows", [(True, True), (False, True), (True, False),
+                                             (False, False)])
 def test_igloo_equals_slow_loop_of_the_equation(causal, full_rows):
     torch.manual_seed(0)
     m = build(causal, full_rows=full_rows)
     with torch.no_grad():
-        m.bias.normal_()                           # so ReLU is neither all-on nor all-off
+        m.bias.normal_()
     x = torch.randn(2, 9, 6)
     y, _ = m(x, MixerContext(causal=causal))
     with torch.no_grad():
         torch.testing.assert_close(y, slow(m, x), atol=1e-5, rtol=1e-5)
+    assert all(len(set(r.tolist())) == m.l for r in m.offsets)       # distinct slices
     if causal:
         assert (m.offsets >= 0).all() and (m.offsets < 6).all()
     else:

@@ -1,22 +1,24 @@
 """IGLOO: random "slices" of a convolved feature map, each weighted and summed.
 
-Paper: IGLOO: Slicing the Features Space to Represent Sequences (Sourkov, 2018), §2:
-    F = Conv1D(X)                                   ∈ R^{n × C}
-    z_{t,k} = Σ_{j<l} W_{k,j} · F[t − o_{k,j}, c_{k,j}] + b_k     (k = 1..K patches)
-    y_t = ReLU(z_t) · W_out                         ∈ R^{d}
-Each of the K "patches" is a fixed random set of l (offset, channel) entries of the feature
-map, so one patch relates positions that are far apart (non-contiguous slices of the feature
-space) at O(K l) cost per position instead of attention's O(n). The tables o, c are drawn once
-at construction from a generator seeded by ``seed + layer`` and kept as buffers (saved in
-checkpoints). Causal: o ∈ [0, window), so position t reads only t − o ≤ t; bidirectional:
-o ∈ (−window, window). Entries before the start or past the end read zero.
-Simplifications: the paper's layer summarises a whole sequence (one K-vector, for
-classification); its return-sequence form, used here, gathers relative to every position t.
-The paper's slices take whole rows (all C channels of a position); here each gathered entry has
-its own random channel, as in its "slicing the feature space" (set ``full_rows`` to gather all
-C channels of each chosen position instead). A linear map K → d returns to the model width.
-Padding tokens are zeroed in X and F, so real tokens read them as the zeros before the start.
-Complexity: O(n (k C d + K l + K d)) time, O(n K l + n C) memory (k = conv kernel size).
+Paper: IGLOO: Slicing the Features Space to Represent Sequences (Sourkov, 2018), §2, and the
+author's Keras layer (PATCHY_LAYER_RETURNFULLSEQ, the return-sequence form used here):
+    F = LeakyReLU(Conv1D(X))                        ∈ R^{n × C}
+    z_{t,k} = Σ_{j<l} Σ_c W_{k,j,c} · F[t − o_{k,j}, c] + b_k       (k = 1..K patches)
+    y_t = LeakyReLU(z_t) · W_out                    ∈ R^{d}        (slope 0.1, as in the code)
+Each of the K "patches" gathers l fixed random, non-contiguous slices (whole C-channel rows)
+of the feature map, so one patch relates positions that are far apart at O(K l C) cost per
+position instead of attention's O(n). The tables are drawn once at construction from a
+generator seeded by ``seed + layer`` and kept as buffers (saved in checkpoints). Causal:
+o ∈ [0, window), so position t reads only t − o ≤ t; bidirectional: o ∈ (−window, window).
+The l offsets of a patch are distinct when the range allows. Slices before the start or past
+the end read zero. ``full_rows=False`` gathers single (offset, channel) entries instead of
+rows: W_{k,j} · F[t − o_{k,j}, c_{k,j}] with a random channel c_{k,j} per entry.
+Simplifications: the offsets are relative and shared by every position (any length works, the
+layer is translation equivariant), where the reference draws absolute positions ≤ t and
+weights per position (a fixed length); its backbone / local "on top" patches and its 1×1-conv
+residual are left out (the block's residual plays that role); a linear map K → d returns to
+the model width. Padding tokens are zeroed in X and F, so real tokens read them as zeros.
+Complexity: O(n (k C d + K l C + K d)) time, O(n K l C + n C) memory (k = conv kernel size).
 """
 from __future__ import annotations
 
@@ -40,9 +42,9 @@ def _pos_int(name: str, v, what: str) -> int:
 
 @MIXERS.register(
     "igloo", paper="IGLOO: Slicing the Features Space to Represent Sequences (Sourkov, 2018)",
-    equation="§2: z_{t,k} = Σ_j W_{k,j} F[t − o_{k,j}, c_{k,j}] + b_k, F = Conv1D(X); "
-             "y = ReLU(z) W_out",
-    complexity=("O(n (k C d + K l + K d))", "O(n K l + n C)"),
+    equation="§2: z_{t,k} = Σ_j Σ_c W_{k,j,c} F[t − o_{k,j}, c] + b_k, F = LReLU(Conv1D(X)); "
+             "y = LReLU(z) W_out",
+    complexity=("O(n (k C d + K l C + K d))", "O(n K l C + n C)"),
     test="tests/papers/test_mlp_igloo.py::test_igloo_equals_slow_loop_of_the_equation",
     tiny={"patches": 6, "patch_size": 3, "channels": 8, "window": 8})
 class Igloo(Mixer):
@@ -54,7 +56,7 @@ class Igloo(Mixer):
 
     def __init__(self, d_model: int, patches: int = 64, patch_size: int = 4,
                  channels: int | None = None, kernel: int = 3, window: int | None = None,
-                 full_rows: bool = False, seed: int = 0, causal: bool = False,
+                 full_rows: bool = True, seed: int = 0, causal: bool = False,
                  max_len: int = 256, layer: int = 0):
         super().__init__()
         K = _pos_int("patches", patches, "K, the number of random patches")
@@ -73,10 +75,11 @@ class Igloo(Mixer):
         self.causal, self.full_rows = bool(causal), full_rows
         self.conv = nn.Conv1d(d_model, C, k)
         g = torch.Generator().manual_seed(int(seed) + int(layer))
-        if self.causal:                                             # t − o ≤ t
-            off = torch.randint(0, w, (K, l), generator=g)
-        else:                                                       # o ∈ (−w, w)
-            off = torch.randint(-(w - 1), w, (K, l), generator=g)
+        lo, span = (0, w) if self.causal else (-(w - 1), 2 * w - 1)  # causal: t − o ≤ t
+        if l <= span:                                               # distinct slices per patch
+            off = torch.stack([torch.randperm(span, generator=g)[:l] for _ in range(K)]) + lo
+        else:
+            off = torch.randint(0, span, (K, l), generator=g) + lo
         chan = torch.randint(0, C, (K, l), generator=g)
         self.register_buffer("offsets", off)                        # (K, l)
         self.register_buffer("chans", chan)                         # (K, l)
@@ -91,7 +94,7 @@ class Igloo(Mixer):
             x = x * mask.unsqueeze(-1).to(x.dtype)
         left = self.kernel - 1 if self.causal else (self.kernel - 1) // 2
         h = F.pad(x.transpose(1, 2), (left, self.kernel - 1 - left))           # (B, d, n + k − 1)
-        f = self.conv(h).transpose(1, 2)                                        # (B, n, C)
+        f = F.leaky_relu(self.conv(h).transpose(1, 2), 0.1)                     # (B, n, C)
         if mask is not None:
             f = f * mask.unsqueeze(-1).to(f.dtype)
         return f
@@ -110,4 +113,4 @@ class Igloo(Mixer):
         else:
             g = f[:, idx, self.chans]                                           # (B, n, K, l)
         z = (g * self.weight.to(g.dtype)).sum(-1) + self.bias.to(g.dtype)       # (B, n, K)
-        return self.out_proj(F.relu(z)), state
+        return self.out_proj(F.leaky_relu(z, 0.1)), state
