@@ -197,3 +197,22 @@ def test_interpolation_returns_the_endpoints_decodes(pool):
     torch.testing.assert_close(logits.argmax(-1), seq[:, 1:])
     with pytest.raises(ConfigError):
         interpolate(model, b[0], b[1], steps=1)
+
+
+def test_trainer_runs_optimus_and_logs_kl_per_dimension(tmp_path, capsys):
+    import json
+
+    from tevo.cli import main
+    run = tmp_path / "run"
+    assert main(["train", "default", "model.arch=optimus", "model.d_model=32",
+                 "model.n_layers=2", "model.extra.latent_size=4", "objective.name=optimus",
+                 "objective.schedule=linear", "objective.anneal_steps=10", "train.steps=30",
+                 "train.batch_size=8", "train.threads=1", "train.progress=false",
+                 "train.plot=false", "train.eval_every=0", "train.max_minutes=null",
+                 f"train.out_dir={run}", "--json"]) == 0
+    capsys.readouterr()
+    rows = [json.loads(r) for r in (run / "metrics.jsonl").read_text().splitlines()]
+    train = [r for r in rows if r.get("split") == "train"]
+    assert {"kl", "active_units", "beta", *(f"kl_dim_{i}" for i in range(4))} <= set(train[-1])
+    assert train[-1]["beta"] == 1.0 and train[0]["beta"] < 1.0       # linear warm-up of β
+    assert train[-1]["loss"] < train[0]["loss"]
