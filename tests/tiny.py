@@ -99,3 +99,25 @@ def cached_logits(model, ids, mask=None, prefill: int = 0):
         outs.append(o.logits)
         st = o.state
     return torch.cat(outs, 1)
+
+
+def assert_step_gradients_equal_full(m, x, atol=1e-5, rtol=1e-4):
+    """A causal mixer run one token at a time from ``init_state`` gives the input and parameter
+    gradients of its full (parallel) pass, for a random output cotangent."""
+    g = torch.randn_like(x)
+    grads = []
+    for run in ("full", "step"):
+        m.zero_grad()
+        xr = x.clone().requires_grad_(True)
+        if run == "full":
+            y, _ = m(xr, MixerContext(causal=True))
+        else:
+            st, ys = m.init_state(x.shape[0]), []
+            for t in range(x.shape[1]):
+                yt, st = m(xr[:, t:t + 1], MixerContext(causal=True), st)
+                ys.append(yt)
+            y = torch.cat(ys, 1)
+        (y * g).sum().backward()
+        grads.append([xr.grad] + [p.grad.clone() for p in m.parameters()])
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, atol=atol, rtol=rtol)

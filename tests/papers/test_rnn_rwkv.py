@@ -8,7 +8,7 @@ import torch
 import tevo
 from tevo.errors import ConfigError
 from tevo.nn.context import MixerContext
-from tiny import cached_logits, make_ffn, make_mixer
+from tiny import assert_step_gradients_equal_full, cached_logits, make_ffn, make_mixer
 
 D, N = 16, 20
 
@@ -85,25 +85,7 @@ def test_rwkv_scan_equals_recurrence_and_naive_loop(key_scale):
 
 
 def test_rwkv_gradients_of_scan_equal_the_recurrent_form_fp32():
-    m = rwkv_mixer().float()
-    x = torch.randn(2, N, D)
-    g = torch.randn(2, N, D)
-    grads = []
-    for run in ("scan", "step"):
-        m.zero_grad()
-        xr = x.clone().requires_grad_(True)
-        if run == "scan":
-            y, _ = m(xr, MixerContext(causal=True))
-        else:
-            st, ys = m.init_state(2), []
-            for t in range(N):
-                yt, st = m(xr[:, t:t + 1], MixerContext(causal=True), st)
-                ys.append(yt)
-            y = torch.cat(ys, 1)
-        (y * g).sum().backward()
-        grads.append([xr.grad] + [p.grad.clone() for p in m.parameters()])
-    for a, b in zip(*grads):
-        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+    assert_step_gradients_equal_full(rwkv_mixer().float(), torch.randn(2, N, D))
 
 
 def test_channel_mix_matches_equation_and_carries_shift():

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 import tevo
 from tevo.errors import ConfigError
 from tevo.nn.context import MixerContext
-from tiny import cached_logits, make_mixer
+from tiny import assert_step_gradients_equal_full, cached_logits, make_mixer
 
 D, N = 16, 20
 
@@ -75,25 +75,7 @@ def test_mamba_scan_equals_step_and_naive_loop():
 
 
 def test_mamba_gradients_of_scan_equal_the_recurrent_form():
-    m = mamba_mixer().train()
-    x = torch.randn(2, N, D)
-    g = torch.randn(2, N, D)
-    grads = []
-    for run in ("scan", "step"):
-        m.zero_grad()
-        xr = x.clone().requires_grad_(True)
-        if run == "scan":
-            y, _ = m(xr, MixerContext(causal=True))
-        else:
-            st, ys = m.init_state(2), []
-            for t in range(N):
-                yt, st = m(xr[:, t:t + 1], MixerContext(causal=True), st)
-                ys.append(yt)
-            y = torch.cat(ys, 1)
-        (y * g).sum().backward()
-        grads.append([xr.grad] + [p.grad.clone() for p in m.parameters()])
-    for a, b in zip(*grads):
-        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+    assert_step_gradients_equal_full(mamba_mixer().train(), torch.randn(2, N, D))
 
 
 def test_mamba_is_selective_step_size_depends_on_the_input():
