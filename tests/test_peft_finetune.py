@@ -13,6 +13,7 @@ from safetensors.torch import load_file
 from tevo import cli
 from tevo.train.checkpoint import WEIGHTS, latest_checkpoint
 from tevo.train.peft_finetune import load_peft_model
+from tiny import tiny_text
 
 
 def _train(out, corpus, steps=3):
@@ -25,25 +26,11 @@ def _train(out, corpus, steps=3):
                      "model.dropout=0.0", f"train.out_dir={out}"]) == 0
 
 
-def _text(n=20_000, seed=0):
-    """A small deterministic English-like text (the embedded corpus takes seconds to load)."""
-    import random
-    rng = random.Random(seed)
-    words = ("the king my lord queen of and to a love what light through yonder window "
-             "breaks it is east sun fair night day sweet heart die live thou art").split()
-    out, n_chars = [], 0
-    while n_chars < n:
-        line = " ".join(rng.choice(words) for _ in range(rng.randint(4, 10))).capitalize()
-        out.append(line + ".")
-        n_chars += len(line) + 2
-    return "\n".join(out)[:n]
-
-
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
     p = tmp_path_factory.mktemp("corpus")
-    (p / "a.txt").write_text(_text())
-    (p / "b.txt").write_text(_text(seed=1).upper())          # another "domain"
+    (p / "a.txt").write_text(tiny_text())
+    (p / "b.txt").write_text(tiny_text(seed=1).upper())          # another "domain"
     return p
 
 

@@ -121,3 +121,17 @@ def assert_step_gradients_equal_full(m, x, atol=1e-5, rtol=1e-4):
         grads.append([xr.grad] + [p.grad.clone() for p in m.parameters()])
     for a, b in zip(*grads):
         torch.testing.assert_close(a, b, atol=atol, rtol=rtol)
+
+
+def tiny_text(n: int = 20_000, seed: int = 0) -> str:
+    """A small deterministic English-like text (the embedded corpus takes seconds to load)."""
+    import random
+    rng = random.Random(seed)
+    words = ("the king my lord queen of and to a love what light through yonder window "
+             "breaks it is east sun fair night day sweet heart die live thou art").split()
+    out, n_chars = [], 0
+    while n_chars < n:
+        line = " ".join(rng.choice(words) for _ in range(rng.randint(4, 10))).capitalize()
+        out.append(line + ".")
+        n_chars += len(line) + 2
+    return "\n".join(out)[:n]

@@ -10,26 +10,13 @@ import pytest
 from tevo import cli
 from tevo.errors import ConfigError
 from tevo.registry import INFERENCE
-
-
-def _text(n=20_000, seed=0):
-    """A small deterministic English-like text (the embedded corpus takes seconds to load)."""
-    import random
-    rng = random.Random(seed)
-    words = ("the king my lord queen of and to a love what light through yonder window "
-             "breaks it is east sun fair night day sweet heart die live thou art").split()
-    out, n_chars = [], 0
-    while n_chars < n:
-        line = " ".join(rng.choice(words) for _ in range(rng.randint(4, 10))).capitalize()
-        out.append(line + ".")
-        n_chars += len(line) + 2
-    return "\n".join(out)[:n]
+from tiny import tiny_text
 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     p = tmp_path_factory.mktemp("corpus") / "part.txt"
-    p.write_text(_text())
+    p.write_text(tiny_text())
     out = tmp_path_factory.mktemp("runs") / "r"
     assert cli.main(["train", f"data.path={p}", "data.seq_len=16", "model.d_model=16",
                      "model.n_layers=1", "model.max_len=32",
