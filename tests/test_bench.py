@@ -378,3 +378,12 @@ def test_profile_splits_a_training_step_and_writes_a_trace(tmp_path):
     assert d["decode"]["tokens_per_s"] > 0
     assert (tmp_path / "profile_trace.json").stat().st_size > 0
     assert "Training step: top operators" in (tmp_path / "profile.md").read_text()
+
+
+def test_quality_suite_vision_is_the_vision_study(tmp_path):
+    pytest.importorskip("sklearn")
+    from tevo.bench._run import run
+    reps = run("quality", quick=True, out=str(tmp_path), suite=["vision"], threads=1, seeds=2)
+    assert [r.name for r in reps] == ["vision"]
+    assert (tmp_path / "vision.md").exists()
+    assert reps[0].options["seeds"] == [0, 1]

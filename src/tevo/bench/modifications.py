@@ -157,7 +157,8 @@ def train_and_eval(model, opts: dict, seed: int, device, deadline: float | None)
 
 
 QUALITY_OPTIONS = (
-    Option("suite", "strs", list(SUITES), f"suites to run: {', '.join(SUITES)} (default: all)"),
+    Option("suite", "strs", list(SUITES), f"suites to run: {', '.join(SUITES)} (default: all), "
+                                          f"or vision (image models on the digits)"),
     Option("variants", "strs", None, "only these variant labels"),
     Option("seeds", "int", 3, "seeds per variant", quick=1),
     Option("budget_tokens", "int", 5_000_000, "training tokens per run", quick=160_000),
@@ -188,12 +189,27 @@ def run_quality(opts: dict) -> list:
     deadline = Deadline(opts["max_minutes"])
     reports = []
     for i, suite in enumerate(suites):
+        if suite == "vision":          # image models: the vision study's page (tevo bench vision)
+            reports.extend(_run_vision_suite(opts))
+            continue
         # each suite gets its share of the time limit; time left over passes to the next ones
         share = None
         if opts["max_minutes"]:
             share = deadline.start + 60.0 * opts["max_minutes"] * (i + 1) / len(suites)
         reports.append(_run_suite(suite, opts, dev, share))
     return reports
+
+
+def _run_vision_suite(opts: dict) -> list:
+    """``--suite vision``: the vision study with this command's seeds and common options."""
+    from ._common import all_commands, resolve_options
+    _, cmd = all_commands()["vision"]
+    given = {k: opts[k] for k in ("out", "device", "seed", "max_minutes", "threads")
+             if opts.get(k) is not None}
+    given["seeds"] = list(range(opts["seeds"]))
+    vopts = resolve_options(cmd, given, opts["quick"])
+    vopts["cli"] = opts.get("cli", "")
+    return cmd.run(vopts)
 
 
 def _run_suite(suite: str, opts: dict, dev, suite_deadline: float | None):
