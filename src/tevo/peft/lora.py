@@ -19,6 +19,7 @@ from torch import nn
 from ..errors import ConfigError
 from ..options import Option
 from ..registry import PEFT
+from .base import PeftMethod
 
 
 @PEFT.register(
@@ -29,7 +30,7 @@ from ..registry import PEFT
                 "r·(d_in + d_out) per target"),
     test="tests/papers/test_peft_lora.py::test_lora_through_peft_trains_only_A_B_and_merges",
     options={"rank": Option(ge=1), "alpha": Option(gt=0), "dropout": Option(ge=0, lt=1)})
-class LoRA:
+class LoRA(PeftMethod):
     """Low-rank adapters on the named projections, from the ``peft`` library."""
 
     name = "lora"
@@ -58,22 +59,6 @@ class LoRA:
 
     def delta_parameters(self):
         return [(n, p) for n, p in self.model.named_parameters() if "lora_" in n]
-
-    def trainable_parameters(self):
-        return [p for _, p in self.delta_parameters()]
-
-    def delta_state(self):
-        return {k: p.detach().clone() for k, p in self.delta_parameters()}
-
-    def load_delta(self, state):
-        import torch
-        own = dict(self.delta_parameters())
-        if set(own) != set(state) or any(state[k].shape != p.shape for k, p in own.items()):
-            raise ConfigError("peft.delta", sorted(set(state) ^ set(own))[:1] or "shape",
-                              why="the delta does not fit this LoRA model")
-        with torch.no_grad():
-            for k, p in own.items():
-                p.copy_(state[k])
 
     def merge(self) -> nn.Module:
         """W_0 + (α/r)·B A into each target; LoRA layers replaced by their base nn.Linear."""

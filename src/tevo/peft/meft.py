@@ -35,6 +35,7 @@ from ..errors import ConfigError
 from ..nn.context import MixerContext
 from ..options import Option
 from ..registry import PEFT
+from .base import PeftMethod
 
 
 class _Adapter(nn.Module):
@@ -107,7 +108,7 @@ class _MeftFunction(torch.autograd.Function):
     complexity=("≈ 2 forwards + 1 backward per layer", "O(n·d) activations, flat in depth"),
     test="tests/papers/test_peft_meft.py::test_meft_inverse_reconstructs_the_inputs",
     options={"rank": Option(ge=1), "lam": Option(gt=0, le=1), "beta": Option(gt=0, le=1)})
-class MEFT(nn.Module):
+class MEFT(PeftMethod, nn.Module):
     """The model's frozen blocks coupled with trainable adapters in a reversible stack."""
 
     name = "meft"
@@ -201,15 +202,3 @@ class MEFT(nn.Module):
 
     def trainable_parameters(self):
         return list(self.adapters.parameters())
-
-    def delta_state(self):
-        return {k: p.detach().clone() for k, p in self.delta_parameters()}
-
-    def load_delta(self, state):
-        own = dict(self.delta_parameters())
-        if set(own) != set(state) or any(state[k].shape != p.shape for k, p in own.items()):
-            raise ConfigError("peft.delta", sorted(set(state) ^ set(own))[:1] or "shape",
-                              why="the delta does not fit this meft model")
-        with torch.no_grad():
-            for k, p in own.items():
-                p.copy_(state[k])

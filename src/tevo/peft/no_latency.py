@@ -42,43 +42,7 @@ from torch.nn.utils import parametrize
 from ..errors import ConfigError
 from ..options import Option
 from ..registry import PEFT
-
-
-class _PeftMethod:
-    """What every PEFT method offers: the trainable parameters, the delta to save, loading a
-    delta, and merging into plain weights."""
-
-    name = "peft"
-
-    def trainable_parameters(self) -> list[nn.Parameter]:
-        return [p for _, p in self.delta_parameters()]
-
-    def delta_parameters(self) -> list[tuple[str, nn.Parameter]]:
-        raise NotImplementedError
-
-    def delta_state(self) -> dict[str, Tensor]:
-        """The trainable delta (and what locates it), as named tensors."""
-        return {k: p.detach().clone() for k, p in self.delta_parameters()}
-
-    def load_delta(self, state: dict[str, Tensor]) -> None:
-        own = dict(self.delta_parameters())
-        missing = sorted(set(own) - set(state))
-        extra = sorted(set(state) - set(own))
-        if missing or extra:
-            raise ConfigError("peft.delta", (missing or extra)[0],
-                              why=f"the delta does not fit this {self.name} model "
-                                  f"(missing {missing[:3]}, unexpected {extra[:3]})")
-        for k, p in own.items():
-            if state[k].shape != p.shape:
-                raise ConfigError("peft.delta", k, why=f"{k} has shape {tuple(state[k].shape)}"
-                                                       f", this model {tuple(p.shape)}")
-        with torch.no_grad():
-            for k, p in own.items():
-                p.copy_(state[k])
-
-    def _freeze_all(self, model):
-        for p in model.parameters():
-            p.requires_grad_(False)
+from .base import PeftMethod
 
 
 def _block_linears(model):
@@ -111,7 +75,7 @@ class _SparseDelta(nn.Module):
     test="tests/papers/test_peft_no_latency.py::test_pafi_trains_exactly_the_smallest_"
          "magnitude_weights",
     options={"sparsity": Option(gt=0, le=1, doc="fraction of the projection weights trained")})
-class PaFi(_PeftMethod):
+class PaFi(PeftMethod):
     """Sparse fine-tuning of the smallest-magnitude pre-trained weights (no added latency)."""
 
     name = "pafi"
@@ -209,7 +173,7 @@ class _OnBias(nn.Module):
     test="tests/papers/test_peft_no_latency.py::test_hiwi_merged_equals_unmerged_and_is_the_"
          "base_architecture",
     options={"rank": Option(ge=1, doc="adapter bottleneck r")})
-class HiWi(_PeftMethod):
+class HiWi(PeftMethod):
     """Adapters applied to the FFN's pre-trained weights, merged after training."""
 
     name = "hiwi"
