@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -275,9 +276,14 @@ def test_quality_suites_name_registry_components_and_skip_missing(tmp_path, monk
         [ffn[0], next(v for v in ffn if v.label == "relu"), ghost], [("x", "why")]))
     (rep,) = tevo.bench.run("quality", suite=["ffn"], seeds=1, budget_tokens=64, d_model=16,
                             n_layers=1, heads=2, seq_len=16, batch=2, eval_windows=2,
-                            out=str(tmp_path))
+                            out=str(tmp_path), runs=str(tmp_path / "runs"))
     rows = rep.data["rows"]
     assert {r["label"] for r in rows} == {"gelu", "relu"}
+    # every row is an ordinary run of the Trainer, reproducible by its command
+    relu = next(r for r in rows if r["label"] == "relu")
+    assert relu["command"].startswith("tevo train default") and "activation: relu" in \
+        relu["command"]
+    assert (Path(relu["runs"][0]["run_dir"]) / "summary.json").exists()
     assert all(math.isfinite(r["val_bpc_mean"]) and r["params"] > 0 for r in rows)
     assert {s["item"] for s in rep.skipped} == {"ghost", "x"}
     md = (tmp_path / "quality-ffn.md").read_text()

@@ -115,3 +115,19 @@ def test_deeper_wider_study_writes_its_table_from_a_sweep(tmp_path):
     assert rows[1]["verdict"] in ("no measurable difference", "better than baseline",
                                   "worse than baseline")
     assert len(list((tmp_path / "runs" / "runs").glob("*/summary.json"))) == 4
+
+
+def test_point_lists_and_a_deadline_stop_between_points_and_resume(corpus, tmp_path):
+    import time
+    base = _sweep(corpus, tmp_path / "unused").overrides
+    pts = [{"model.d_model": 16}, {"model.d_model": 32, "model.n_layers": 2}]
+    s = sw.Sweep(out=tmp_path / "pl", config="default", overrides=base, point_list=pts,
+                 seeds=[0])
+    assert s.grid_points() == pts and "n_layers=2" in s.command(pts[1], 0)
+    assert sw.run_sweep(s, progress=False, deadline=time.monotonic() - 1) == []
+    first = sw.run_sweep(s, progress=False, deadline=time.monotonic() + 3600)
+    assert [r["point"] for r in first] == pts
+    with pytest.raises(ConfigError, match="grid"):
+        sw.Sweep(out="x", grid={"model.d_model": [16]}, point_list=pts)
+    with pytest.raises(ConfigError, match="points"):
+        sw.Sweep(out="x", point_list=[pts[0], dict(pts[0])])

@@ -12,12 +12,10 @@ baseline's softmax attention accepts.
 from __future__ import annotations
 
 import copy
-import time
 from dataclasses import dataclass, field
 
 from ..registry import BENCHMARKS, FFNS, MIXERS, NORMS, POSITIONS, RESIDUALS, registry
-from ._common import (Command, build_or_tiny, Deadline, Option, Study, count_params, fmt, mean_sd, new_report,
-                      pick_device, sanitize, stderr)
+from ._common import Command, Deadline, Option, Study, fmt, new_report, pick_device, sanitize
 
 SUITES = ("ffn", "norm", "mixers", "positions")
 # norms that are not block norms (applied to embeddings only): left out of the norm suite
@@ -126,34 +124,65 @@ def suite_variants(suite: str, opts: dict) -> tuple[list[Variant], list[tuple[st
     return out, left
 
 
-def _merge(base: dict, over: dict) -> dict:
-    cfg = copy.deepcopy(base)
-    cfg.update(copy.deepcopy(over))
-    return cfg
-
-
-def build_variant(base: dict, v: Variant, spec_field: str | None = None):
-    """Build the variant's model; a refused option falls back to the registry's tiny options
-    of the varied component (returns model, config used)."""
-    cfg = _merge(base, v.overrides)
-    fields = tuple((f, f) for f in ("mixer", "position", "ffn")
-                   if isinstance(v.overrides.get(f), dict) and "name" in v.overrides[f])
-    return build_or_tiny(cfg, fields)
-
-
-def train_and_eval(model, opts: dict, seed: int, device, deadline: float | None) -> dict:
-    """Train on the corpus for the token budget, then validation bits per character."""
-    from . import _train
-    data = _train.corpus_bytes("shakespeare")
+def base_overrides(opts: dict) -> list[str]:
+    """The baseline and the budget as ``tevo train default ...`` overrides: every point of a
+    suite is an ordinary run of the one Trainer (AdamW, warm-up + cosine, clipping 1.0)."""
+    from ..train.sweep import _value_text
     steps = max(1, opts["budget_tokens"] // (opts["batch"] * opts["seq_len"]))
-    batches = _train.LMBatches(data["train"], opts["seq_len"], opts["batch"], seed=seed)
-    r = _train.train(model, batches, steps, opts["lr"], precision=opts["precision"],
-                     device=device, deadline=deadline)
-    ev = _train.eval_batches(data["val"], opts["seq_len"], opts["eval_windows"], opts["batch"])
-    t0 = time.perf_counter()
-    r["val_bpc"] = _train.bits(_train.evaluate_loss(model, ev, opts["precision"], device))
-    r["eval_s"] = time.perf_counter() - t0
-    return r
+    model = {k: v for k, v in base_model(opts).items() if k != "vocab_size"}
+    return [*(f"model.{k}={_value_text(v)}" for k, v in model.items()),
+            f"data.seq_len={opts['seq_len']}", f"train.steps={steps}",
+            f"train.batch_size={opts['batch']}", f"train.lr={opts['lr']:g}",
+            f"train.warmup={opts.get('warmup', max(1, steps // 20))}",
+            f"train.precision={opts['precision']}", "train.max_minutes=null",
+            "train.eval_every=0", "train.ckpt_every=0", "train.sample_tokens=0",
+            "train.plot=false",
+            f"train.final_eval_batches={max(1, -(-opts['eval_windows'] // opts['batch']))}"]
+
+
+def variant_point(v: Variant) -> dict:
+    """A variant's overrides as a sweep point (dotted keys of the model config)."""
+    return {f"model.{k}": copy.deepcopy(val) for k, val in v.overrides.items()}
+
+
+def resolve_variants(variants: list[Variant], overrides: list[str]
+                     ) -> tuple[list[tuple[Variant, dict]], list[tuple[str, str]]]:
+    """Each variant whose model the config builds, with its point; a component whose default
+    options the config refuses falls back to its registry ``tiny`` options (said in the row's
+    note); the rest are left out with the reason."""
+    import tevo
+    from ..config import load_config
+    from ..train.sweep import _value_text
+    ok, left = [], []
+    for v in variants:
+        miss = v.missing()
+        if miss:
+            left.append((v.label, "not registered: " + ", ".join(miss)))
+            continue
+        point = variant_point(v)
+        tries = [point]
+        for fld in ("mixer", "position", "ffn"):
+            spec = v.overrides.get(fld)
+            if isinstance(spec, dict) and "name" in spec:
+                e = registry(fld).get(spec["name"])
+                tries.append({**point, f"model.{fld}": {"name": spec["name"], **e.tiny}})
+        err = None
+        for i, pt in enumerate(tries):
+            try:
+                cfg = load_config("default", [*overrides,
+                                              *(f"{k}={_value_text(x)}" for k, x in pt.items())])
+                tevo.build_model(cfg)
+            except Exception as e:              # noqa: BLE001 - reported as the reason
+                err = err or e
+                continue
+            if i:
+                v.note = (v.note + "; " if v.note else "") + "registry tiny options (the " \
+                    "defaults are refused at this size)"
+            ok.append((v, pt))
+            break
+        else:
+            left.append((v.label, f"refused by the config: {type(err).__name__}: {err}"[:300]))
+    return ok, left
 
 
 QUALITY_OPTIONS = (
@@ -170,12 +199,17 @@ QUALITY_OPTIONS = (
     Option("lr", "float", 1e-3, "peak learning rate (AdamW, warm-up + cosine)", quick=3e-3),
     Option("eval_windows", "int", 256, "validation windows", quick=64),
     Option("precision", "str", "fp32", "fp32 | bf16 (autocast)", choices=("fp32", "bf16")),
+    Option("jobs", "int", 1, "runs at once (one process and one thread each)"),
+    Option("engine", "str", "local", "local processes or ray", choices=("local", "ray")),
+    Option("runs", "str", "runs/bench", "folder of the suites' run folders (each point is an "
+                                        "ordinary `tevo train` run; finished ones are reused "
+                                        "when the command is run again)"),
 )
 
 _INTRO = """After *Do Transformer Modifications Transfer Across Implementations and Applications?*
 (Narang et al., 2021): each variant changes one component of the baseline (a GPT-2-style
 decoder: pre-LN LayerNorm, GELU MLP, learned positions, softmax attention; byte vocabulary) and
-is trained by the same loop (AdamW, warm-up + cosine, clipping 1.0) on the same token budget of
+is trained by the one Trainer (AdamW, warm-up + cosine, clipping 1.0) on the same token budget of
 the embedded Shakespeare corpus. Validation: the corpus's held-out works (the `shakespeare`
 corpus's val split), bits per character. Model: d = {d}, {L} layers, {h} heads, sequences of
 {n}, batch {b}; {tokens:,} training tokens per run, learning rate {lr:g}, {seeds} seed(s)."""
@@ -213,65 +247,72 @@ def _run_vision_suite(opts: dict) -> list:
 
 
 def _run_suite(suite: str, opts: dict, dev, suite_deadline: float | None):
+    """The suite as a sweep of ordinary runs (``tevo.train.sweep``): one point per variant,
+    ``seeds`` runs each, the paired difference against the baseline over seeds."""
+    from pathlib import Path
+
+    from ..train.sweep import Sweep, aggregate, run_sweep, slug
     rep = new_report(f"quality-{suite}", "modifications", f"Modifications table: {suite}", opts,
                      intro=_INTRO.format(d=opts["d_model"], L=opts["n_layers"], h=opts["heads"],
                                          n=opts["seq_len"], b=opts["batch"],
                                          tokens=opts["budget_tokens"], lr=opts["lr"],
                                          seeds=opts["seeds"]))
-    rep.notes.append("Trained with tevo.bench's own minimal loop (bench/_train.py: same code for "
-                     "every variant, no checkpoints), not the full Trainer.")
+    if opts["quick"]:
+        rep.notes.insert(0, "Smoke test, not a result: the --quick budget is far too small for "
+                            "the variants to differ by more than optimisation speed.")
     variants, left = suite_variants(suite, opts)
     for name, why in left:
         rep.skip(name, why)
     if opts["variants"]:
         variants = [v for v in variants if v.label in set(opts["variants"])]
-    base = base_model(opts)
-    rows = []
-    for v in variants:
-        miss = v.missing()
-        if miss:
-            rep.skip(v.label, "not registered: " + ", ".join(miss))
-            continue
-        seeds_res = []
-        cfg_used = None
-        for seed in range(opts["seed"], opts["seed"] + opts["seeds"]):
-            if suite_deadline is not None and time.monotonic() > suite_deadline:
-                rep.skip(f"{v.label} (seed {seed})",
-                         f"study time limit reached ({opts['max_minutes']:g} min over "
-                         f"the suites, --max-minutes)")
-                continue
-            import torch
-            torch.manual_seed(seed)
-            try:
-                model, cfg_used = build_variant(base, v)
-            except Exception as e:
-                rep.skip(v.label, f"refused by the config: {type(e).__name__}: {e}"[:300])
-                break
-            stderr(f"[quality {suite}] {v.label} seed {seed}")
-            try:
-                r = train_and_eval(model, opts, seed, dev, suite_deadline)
-            except Exception as e:
-                rep.error(f"{v.label} (seed {seed})", e)
-                continue
-            if r["status"].startswith("stopped"):
-                rep.skip(f"{v.label} (seed {seed})", "study time limit reached during its "
-                                                     "training (--max-minutes)")
-                continue
-            r["params"] = count_params(model)
-            r["seed"] = seed
-            seeds_res.append(r)
-        if not seeds_res:
-            continue
-        m, sd = mean_sd([r["val_bpc"] for r in seeds_res if r["status"] == "ok"])
-        rows.append({"label": v.label, "baseline": v.baseline, "note": v.note,
-                     "config": {k: cfg_used[k] for k in ("mixer", "ffn", "norm", "residual",
-                                                         "position", "init") if k in cfg_used},
-                     "val_bpc_mean": m, "val_bpc_sd": sd, "params": seeds_res[0]["params"],
-                     "tokens_per_s": sum(r["tokens_per_s"] for r in seeds_res) / len(seeds_res),
-                     "wall_s": sum(r["wall_s"] for r in seeds_res) / len(seeds_res),
-                     "status": "; ".join(sorted({r["status"] for r in seeds_res})),
-                     "runs": seeds_res})
-    rep.data = sanitize({"suite": suite, "base_model": base, "rows": rows})
+    overrides = base_overrides(opts)
+    if dev.type != "cpu":
+        overrides.append(f"train.device={dev.type}")
+    resolved, refused = resolve_variants(variants, overrides)
+    for name, why in refused:
+        rep.skip(name, why)
+    rows: list[dict] = []
+    if resolved:
+        seeds = list(range(opts["seed"], opts["seed"] + opts["seeds"]))
+        sweep = Sweep(out=Path(opts["runs"]) / f"quality-{suite}", config="default",
+                      overrides=overrides, point_list=[pt for _, pt in resolved], seeds=seeds)
+        records = run_sweep(sweep, jobs=opts["jobs"], engine=opts["engine"], progress=True,
+                            deadline=suite_deadline)
+        by_slug = {slug(pt): v for v, pt in resolved}
+        base_pt = next((pt for v, pt in resolved if v.baseline), None)
+        done = {slug(r["point"]) for r in records}
+        agg = aggregate(sweep, records, base_pt if base_pt is not None and slug(base_pt) in done
+                        else next((pt for _, pt in resolved if slug(pt) in done), None)) \
+            if records else []
+        have = {(slug(r["point"]), r["seed"]) for r in records}
+        for v, pt in resolved:
+            missing = [sd for sd in seeds if (slug(pt), sd) not in have]
+            if missing:
+                rep.skip(f"{v.label} (seeds {missing})",
+                         f"study time limit reached (--max-minutes {opts['max_minutes']}); "
+                         f"run the same command again to continue")
+        for a in agg:
+            v = by_slug[a["slug"]]
+            runs = sorted((r for r in records if slug(r["point"]) == a["slug"]),
+                          key=lambda r: r["seed"])
+            s0 = runs[0]["summary"]
+            rows.append({"label": v.label, "baseline": v.baseline, "note": v.note,
+                         "point": a["point"], "val_bpc_mean": a["mean"], "val_bpc_sd": a["sd"],
+                         "params": a["params"], "tokens": a["tokens"],
+                         "tokens_per_s": a["tokens_per_second"],
+                         "wall_s": sum(r["summary"].get("train_seconds", 0) for r in runs)
+                         / len(runs),
+                         "status": "; ".join(sorted({r["summary"].get("stopped", "?")
+                                                     for r in runs})),
+                         "diff": a.get("diff"), "verdict": a["verdict"] if v.baseline
+                         or a["verdict"] != "baseline" else "reference point",
+                         "command": a["command"], "precision": s0.get("precision"),
+                         "runs": [{"seed": r["seed"], "run_dir": r["run_dir"],
+                                   "val_bpc": r["summary"].get("val_bits_per_char"),
+                                   "tokens_per_s": r["summary"].get("tokens_per_second")}
+                                  for r in runs]})
+    rep.data = sanitize({"suite": suite, "base_model": base_model(opts), "overrides": overrides,
+                         "rows": rows})
     _table(rep, rows)
     return rep
 
@@ -280,21 +321,29 @@ def _table(rep, rows: list[dict]) -> None:
     import math
     key = (lambda r: (math.isnan(r["val_bpc_mean"]), r["val_bpc_mean"]))
     rows = sorted(rows, key=key)
-    base = next((r for r in rows if r["baseline"]), None)
     table = []
     for i, r in enumerate(rows, 1):
         sd = r["val_bpc_sd"]
         bpc = fmt(r["val_bpc_mean"], 4) + ("" if math.isnan(sd) else f" ± {sd:.4f}")
-        delta = "—"
-        if base is not None and not r["baseline"]:
-            delta = f"{r['val_bpc_mean'] - base['val_bpc_mean']:+.4f}"
+        delta, verdict = "—", "baseline" if r["baseline"] else "—"
+        d = r.get("diff")
+        if d:
+            delta = f"{d['mean']:+.4f} [{d['lo']:+.4f}, {d['hi']:+.4f}]"
+            verdict = r["verdict"]
         label = f"**{r['label']}** (baseline)" if r["baseline"] else r["label"]
-        table.append([i, label, bpc, delta, fmt(r["params"]), fmt(r["tokens_per_s"]),
-                      f"{r['wall_s']:.1f}", r["status"], r["note"]])
-    rep.table(["rank", "variant", "val bits/char", "Δ vs baseline", "params", "tokens/s",
-               "train wall s", "status", "note"], table, heading="Results (sorted)",
-              note="Mean ± sd over seeds (sd shown with 2+ seeds). tokens/s and wall time are "
+        table.append([i, label, bpc, delta, verdict, fmt(r["params"]), fmt(r["tokens_per_s"]),
+                      f"{r['wall_s']:.1f}", r["note"]])
+    rep.table(["rank", "variant", "val bits/char", "Δ vs baseline [95 % CI]", "verdict",
+               "params", "tokens/s", "train s", "note"], table, heading="Results (sorted)",
+              note="Mean ± sd over seeds; Δ is the paired difference with the baseline over the "
+                   "seeds both ran, with its 95 % t-interval: an interval holding 0 is \"no "
+                   "measurable difference\" (one seed never measures one). tokens/s and time are "
                    "training only, on a machine shared with other jobs (see load average).")
+    if rows:
+        rep.text("Reproduce a row (its first seed): the `tevo train` command of each run is "
+                 "in the JSON (`rows[].command`); the baseline's is\n\n```\n"
+                 + next((r["command"] for r in rows if r["baseline"]), rows[0]["command"])
+                 + "\n```")
 
     def draw(fig):
         ax = fig.add_subplot(111)

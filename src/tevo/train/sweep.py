@@ -1,7 +1,8 @@
 """Sweeps: a family of ordinary training runs over a grid of dotted config keys and seeds,
 trained by the one ``Trainer``, with statistics that survive a second seed.
 
-A sweep is ``base config + overrides + grid (key → values) + seeds``. Every point is an
+A sweep is ``base config + overrides + grid (key → values) + seeds``, or, for points that
+change several keys together (a study's variants), an explicit list of points. Every point is an
 independent run folder ``OUT/runs/<point>-s<seed>`` whose ``command`` field is the
 ``tevo train ...`` line that reproduces it. Points run one per process (one thread each, the
 same numbers as running them one by one), locally in sequence, in a local process pool, or
@@ -123,6 +124,7 @@ class Sweep:
     lower_is_better: bool = True
     match: str | None = None            # key adjusted to keep the parameter count equal
     match_step: int = 16
+    point_list: list | None = None      # explicit points ({dotted key: value}) instead of a grid
 
     def __post_init__(self):
         self.out = Path(self.out)
@@ -132,11 +134,21 @@ class Sweep:
             raise ConfigError("seeds", self.seeds, why="expected integers")
         if self.match_step < 1:
             raise ConfigError("match_step", self.match_step, why="must be >= 1")
+        if self.point_list is not None:
+            if self.grid:
+                raise ConfigError("grid", self.grid, why="give a grid or a list of points, "
+                                                          "not both")
+            slugs = [slug(p) for p in self.point_list]
+            if len(set(slugs)) != len(slugs):
+                raise ConfigError("points", slugs, why="two points have the same folder name")
         self._matched: dict | None = None
 
     def grid_points(self) -> list[dict]:
-        keys = list(self.grid)
-        pts = [dict(zip(keys, vs)) for vs in itertools.product(*(self.grid[k] for k in keys))]
+        if self.point_list is not None:
+            pts = [dict(p) for p in self.point_list]
+        else:
+            keys = list(self.grid)
+            pts = [dict(zip(keys, vs)) for vs in itertools.product(*(self.grid[k] for k in keys))]
         if self.match:
             pts = [{**p, self.match: v} for p, v in zip(pts, self._match_values(pts))]
         return pts
@@ -235,9 +247,12 @@ def finished(sweep: Sweep) -> dict:
     return done
 
 
-def run_sweep(sweep: Sweep, jobs: int = 1, engine: str = "local", progress: bool = True
-              ) -> list[dict]:
-    """Train every unfinished point; returns the records of all points, in sweep order."""
+def run_sweep(sweep: Sweep, jobs: int = 1, engine: str = "local", progress: bool = True,
+              deadline: float | None = None) -> list[dict]:
+    """Train every unfinished point; returns the records of the finished points, in sweep
+    order. ``deadline`` (a ``time.monotonic()`` value): no point starts after it, so a study
+    with a time limit stops between points and the same call later continues from there."""
+    import time
     if engine not in ("local", "ray"):
         raise ConfigError("engine", engine, ["local", "ray"])
     if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
@@ -249,7 +264,7 @@ def run_sweep(sweep: Sweep, jobs: int = 1, engine: str = "local", progress: bool
     (sweep.out / "sweep.json").write_text(json.dumps(
         {"config": sweep.config, "overrides": sweep.overrides, "grid": sweep.grid,
          "seeds": sweep.seeds, "metric": sweep.metric, "match": sweep.match,
-         "match_step": sweep.match_step}, indent=1, default=str))
+         "match_step": sweep.match_step, "points": sweep.point_list}, indent=1, default=str))
     done = finished(sweep)
     todo = [(sweep.config, sweep.overrides_for(p, s), p, s, sweep.command(p, s))
             for p, s in pts if (slug(p), s) not in done]
@@ -260,14 +275,19 @@ def run_sweep(sweep: Sweep, jobs: int = 1, engine: str = "local", progress: bool
         with open(results_path, "a") as f:
             f.write(json.dumps(r, default=str) + "\n")
 
+    def late() -> bool:
+        return deadline is not None and time.monotonic() > deadline
+
     bar = _progress(len(pts), len(pts) - len(todo), progress)
     try:
         if engine == "ray":
-            for r in _ray_map(todo, jobs):
+            for r in _ray_map(todo, jobs, late):
                 record(r)
                 bar(r)
         elif jobs == 1 or len(todo) <= 1:
             for a in todo:
+                if late():
+                    break
                 r = _train_point(a)
                 record(r)
                 bar(r)
@@ -279,10 +299,16 @@ def run_sweep(sweep: Sweep, jobs: int = 1, engine: str = "local", progress: bool
             try:
                 with cf.ProcessPoolExecutor(max_workers=jobs,
                                             mp_context=mp.get_context("spawn")) as ex:
-                    for fut in cf.as_completed([ex.submit(_train_point, a) for a in todo]):
+                    futs = [ex.submit(_train_point, a) for a in todo]
+                    for fut in cf.as_completed(futs):
+                        if fut.cancelled():
+                            continue
                         r = fut.result()
                         record(r)
                         bar(r)
+                        if late():                 # points not yet started are not started
+                            for f in futs:
+                                f.cancel()
             finally:
                 if env_threads is None:
                     os.environ.pop("OMP_NUM_THREADS", None)
@@ -290,10 +316,10 @@ def run_sweep(sweep: Sweep, jobs: int = 1, engine: str = "local", progress: bool
                     os.environ["OMP_NUM_THREADS"] = env_threads
     finally:
         bar(None)
-    return [done[(slug(p), s)] for p, s in pts]
+    return [done[(slug(p), s)] for p, s in pts if (slug(p), s) in done]
 
 
-def _ray_map(todo: list, jobs: int):
+def _ray_map(todo: list, jobs: int, late=lambda: False):
     try:
         import ray
     except ImportError:
@@ -309,6 +335,10 @@ def _ray_map(todo: list, jobs: int):
         while pending:
             ready, pending = ray.wait(pending, num_returns=1)
             yield ray.get(ready[0])
+            if late():
+                for ref in pending:
+                    ray.cancel(ref)
+                break
     finally:
         if started:
             ray.shutdown()
@@ -359,6 +389,8 @@ def aggregate(sweep: Sweep, records: list[dict], baseline: dict | None = None) -
     base_by_seed = {r["seed"]: r["summary"][metric] for r in by[base]}
     rows = []
     for p in pts:
+        if slug(p) not in by:                  # not trained yet (a study stopped by its limit)
+            continue
         rs = sorted(by[slug(p)], key=lambda r: r["seed"])
         xs = [r["summary"][metric] for r in rs]
         m, sd = mean_sd(xs)
