@@ -108,6 +108,9 @@ def test_finetune_genre_starts_from_the_pretrained_weights(tmp_path):
     ref = tevo.build_model(cfg.model)
     load_weights(ref, latest_checkpoint(pre) / "model.safetensors")
     assert torch.equal(tr.model.embed.weight, ref.embed.weight)
+    cold = finetune_config(pre, "genre", [f"train.out_dir={tmp_path / 'ft1'}"], pretrained=False)
+    assert "init_from" not in cold.train.extra and cold.model == cfg.model
+    assert not torch.equal(Trainer(cold).model.embed.weight, ref.embed.weight)  # random init
     s = finetune(pre, "genre", ["train.steps=4", "train.eval_every=0",
                                 "train.final_eval_batches=2", *common[4:]])
     assert 0.0 <= s["test_accuracy"] <= 1.0 and s["chance"]["examples"] > 1000
@@ -127,7 +130,34 @@ def test_bench_objectives_runs_and_reports(tmp_path):
     rep = reps[0]
     assert not rep.errors, rep.errors
     rows = rep.data["rows"]
-    assert [r["objective"] for r in rows] == ["mlm", "electra", "span"]
-    assert all(0 <= r["test_accuracy"] <= 1 and r["pretrain_steps"] >= 1 for r in rows)
+    assert [r["objective"] for r in rows] == ["mlm", "electra", "span", "none"]
+    assert all(0 <= r["test_accuracy"] <= 1 for r in rows)
+    assert all(r["pretrain_steps"] >= 1 for r in rows[:3]) and rows[3]["pretrain_steps"] == 0
     md = (tmp_path / "out" / "objectives.md").read_text()
-    assert "genre test accuracy" in md and "ELECTRA's claim" in md and "Smoke budget" in md
+    assert "genre test accuracy" in md and "ELECTRA's claim" in md and "Budget" in md
+    assert "No pre-training" in md and "0.03 CPU minutes" in md
+    again = run("objectives", objectives=["mlm", "electra", "span"], seeds=[0],    # resumes
+                pretrain_minutes=0.03, finetune_steps=2, d_model=16, n_layers=1, heads=2,
+                seq_len=32, batch_size=4, threads=1, work_dir=str(tmp_path / "runs"),
+                out=str(tmp_path / "out2"))[0]
+    def strip(rs):
+        return [{k: v for k, v in r.items() if k != "wall_s"} for r in rs]
+    assert strip(again.data["rows"]) == strip(rows)             # read back, not run again
+
+
+def test_objectives_verdicts_follow_the_paired_interval():
+    from tevo.bench.objectives import control_sentence, electra_sentence
+    from tevo.train.sweep import paired_difference
+    e, m = (0.45, 0.01, 3), (0.40, 0.01, 3)
+    up = paired_difference([0.45, 0.46, 0.44], [0.40, 0.41, 0.39])        # every seed +0.05
+    assert "reproduces the claim" in electra_sentence(up, e, m)
+    down = paired_difference([0.40, 0.41, 0.39], [0.45, 0.46, 0.44])
+    assert "does not reproduce" in electra_sentence(down, m, e)
+    noisy = paired_difference([0.45, 0.30, 0.50], [0.40, 0.41, 0.39])
+    assert not noisy["lo"] > 0 and "no measurable difference" in electra_sentence(noisy, e, m)
+    one = paired_difference([0.45], [0.40])                       # one seed measures nothing
+    assert "no measurable difference" in electra_sentence(one, e, m)
+    means = {"mlm": e, "clm": m, "none": (0.30, 0.01, 3)}
+    diffs = {"mlm_minus_none": up, "clm_minus_none": down}
+    s = control_sentence(means, diffs, {"majority_accuracy": 0.337})
+    assert "better than it: mlm;" in s and "worse: clm;" in s and "0.337" in s

@@ -99,7 +99,10 @@ class TrainConfig:
     device: str = option("auto", type=str)
     sample_tokens: int = option(200, ge=0)
     tensorboard: bool = False
-    max_minutes: float | None = option(None, gt=0)  # wall-clock budget (the schedule follows)
+    max_minutes: float | None = option(None, gt=0)  # time budget (the schedule follows it)
+    budget_clock: str = option("wall", choices=("wall", "cpu"),
+                               doc="what max_minutes counts: wall-clock time, or the process's "
+                                   "CPU time (core-seconds: equal compute on a shared machine)")
     final_eval_batches: int | None = option(None, ge=1, doc="null = the whole split")
     no_decay: list = field(default_factory=lambda: ["bias", "norm", "embedding"])
     progress: bool = True                  # rich progress bar on a terminal (plain lines otherwise)

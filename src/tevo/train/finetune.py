@@ -25,8 +25,10 @@ RECIPE = {"steps": 200, "batch_size": 32, "lr": 1e-3, "warmup": 20, "schedule": 
           "sample_tokens": 0, "max_minutes": None}
 
 
-def finetune_config(run_dir, task="genre", overrides: list[str] | None = None):
-    """The RunConfig that fine-tunes ``run_dir`` on ``task``."""
+def finetune_config(run_dir, task="genre", overrides: list[str] | None = None,
+                    pretrained: bool = True):
+    """The RunConfig that fine-tunes ``run_dir`` on ``task``. ``pretrained=False``: the same
+    model and tokenizer, randomly initialised (the no-pre-training control)."""
     from .trainer import CONFIG
     run_dir = Path(run_dir)
     if not (run_dir / CONFIG).exists():
@@ -60,15 +62,19 @@ def finetune_config(run_dir, task="genre", overrides: list[str] | None = None):
     if tr.get("threads") is None:          # OpenMP spin-waits on a busy CPU: use idle cores
         tr["threads"] = "auto"
     tr["out_dir"] = str(run_dir / f"finetune-{name}")
-    tr["extra"] = {**(tr.get("extra") or {}), "init_from": str(ck / WEIGHTS)}
+    tr["extra"] = {k: v for k, v in (tr.get("extra") or {}).items() if k != "init_from"}
+    if pretrained:
+        tr["extra"]["init_from"] = str(ck / WEIGHTS)
     cfg["name"] = f"{src.name}-finetune-{name}"
     return load_config(cfg, overrides)
 
 
-def finetune(run_dir, task="genre", overrides: list[str] | None = None) -> dict:
-    """Fine-tune, then evaluate the test split; returns the summary (also in summary.json)."""
+def finetune(run_dir, task="genre", overrides: list[str] | None = None,
+             pretrained: bool = True) -> dict:
+    """Fine-tune, then evaluate the test split; returns the summary (also in summary.json).
+    ``pretrained=False`` trains the same model from a random initialisation instead."""
     from .trainer import SUMMARY, Trainer
-    cfg = finetune_config(run_dir, task, overrides)
+    cfg = finetune_config(run_dir, task, overrides, pretrained)
     import torch
 
     from .evaluate import evaluate
@@ -88,7 +94,7 @@ def finetune(run_dir, task="genre", overrides: list[str] | None = None) -> dict:
     task_obj = tr.data.task
     if hasattr(task_obj, "chance"):
         summary["chance"] = task_obj.chance("test")
-    summary["pretrained"] = str(run_dir)
+    summary["pretrained"] = str(run_dir) if pretrained else None
     if tr.dist.is_main:
         (tr.run_dir / SUMMARY).write_text(json.dumps(summary, indent=1))
     return summary

@@ -11,8 +11,9 @@ trains the same way on 1 or N processes.
 
 Exact resume: a checkpoint holds the weights, the optimiser state, the step, the data sampler's
 position and every RNG state (per rank), so ``tevo train --resume RUN`` continues bit-for-bit.
-A time budget (``train.max_minutes``) makes the schedule depend on the clock, so only step-based
-runs resume exactly.
+A time budget (``train.max_minutes``; wall-clock, or the process's CPU time with
+``train.budget_clock=cpu``) makes the schedule depend on the clock, so only step-based runs
+resume exactly.
 
 A model whose segment memory needs ordered segments (Transformer-XL's ``xl_memory``) is trained
 as in its paper: the training stream is read in order in ``batch_size`` lanes, the model runs
@@ -279,7 +280,7 @@ class Trainer:
                                self.cfg.train.keep_last, weights)
 
     def elapsed(self) -> float:
-        return self.elapsed0 + time.time() - self.t_loop
+        return self.elapsed0 + self.clock() - self.t_loop
 
     # -- one optimiser step ---------------------------------------------------------------------
     def train_step(self) -> tuple[MetricSums, float, float, int]:
@@ -346,7 +347,10 @@ class Trainer:
         """Train to ``train.steps`` (or the time budget), then evaluate and write the summary.
         ``stop_at``: save a checkpoint and return at that step, as an interruption would."""
         tc, d = self.cfg.train, self.dist
-        self.t_loop = time.time()
+        # the budget's clock: wall time, or this process's CPU time (a fair budget when other
+        # jobs share the cores: the run is not charged for the time it waits for one)
+        self.clock = time.process_time if tc.budget_clock == "cpu" else time.time
+        self.t_loop = self.clock()
         log = MetricsLog(self.run_dir, self.step if self.resumed_from else None,
                          tc.tensorboard) if d.is_main else None
         old_threads = torch.get_num_threads()
