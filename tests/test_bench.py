@@ -305,18 +305,6 @@ def test_extrapolation_lists_every_causal_position_and_skips_others(tmp_path):
         assert set(r["bpc"]) == {"8", "16"} and all(math.isfinite(v) for v in r["bpc"].values())
 
 
-def test_recall_runs_registered_tasks_and_keeps_best_lr(tmp_path):
-    (rep,) = tevo.bench.run("recall", mixers=["softmax"], widths=[16], lengths=[16],
-                            lrs=[1e-3, 1e-2], steps=2, batch=4, eval_examples=8, n_layers=1,
-                            heads=2, out=str(tmp_path))
-    for task in ("mqar", "induction"):
-        cell = rep.data["results"][task]["softmax"]["d=16 n=16"]
-        runs = cell["runs"]
-        assert [r["lr"] for r in runs] == [1e-3, 1e-2]
-        assert cell["best_accuracy"] == max(r["accuracy"] for r in runs)
-        assert 0.0 <= cell["best_accuracy"] <= 1.0
-
-
 def test_reference_ratios_alternate_and_tevo_configs_match_peers():
     from tevo.bench import reference as R
     order = []
