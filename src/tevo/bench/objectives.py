@@ -102,14 +102,20 @@ def _reuse_data(first: Path, run_dir: Path) -> None:
     shutil.copytree(first / "data", run_dir / "data")
 
 
-def _load_done(run_dir: Path, ft_dir: Path):
-    """The summaries of a run already finished in ``work_dir`` (resume), else None."""
+def _summary(folder: Path, need: str = "steps"):
+    """A finished run's summary (one that has ``need``), or None; an unfinished run's folder (a
+    study interrupted in it) is removed so that the run starts again in the same place."""
     import json
+    import shutil
+
     from ..train.trainer import SUMMARY
-    if not (ft_dir / SUMMARY).exists() or not (run_dir / SUMMARY).exists():
-        return None
-    ft = json.loads((ft_dir / SUMMARY).read_text())
-    return (json.loads((run_dir / SUMMARY).read_text()) if run_dir != ft_dir else {}), ft
+    if (folder / SUMMARY).exists():
+        summary = json.loads((folder / SUMMARY).read_text())
+        if summary.get(need) is not None:
+            return summary
+    if folder.exists():
+        shutil.rmtree(folder)
+    return None
 
 
 def run_objectives(opts: dict) -> list:
@@ -141,54 +147,55 @@ def run_objectives(opts: dict) -> list:
              + (f" and {len(opts['seeds'])} control fine-tunes" if control else "")
              + f" (seeds {', '.join(map(str, opts['seeds']))}).")
     rows, curves, chance = [], {}, None
-    for seed in opts["seeds"]:
-        for obj in objs + ([CONTROL] if control else []):
-            item = f"{obj} seed {seed}"
-            if deadline.expired():
-                rep.skip(item, deadline.reason())
-                continue
-            t0 = time.perf_counter()
-            try:
-                if obj == CONTROL:     # the same bert, tokenizer and recipe; random weights
-                    src = next(work / f"{o}-s{seed}" for o in objs
-                               if ARCH.get(o, "bert") == "bert" and o != "decbert")
-                    run_dir = ft_dir = work / f"{CONTROL}-s{seed}"
-                    done = _load_done(run_dir, ft_dir)
-                    if done is None:
-                        ft = finetune(src, "genre", finetune_overrides(seed, opts)
-                                      + [f"train.out_dir={ft_dir}"], pretrained=False)
-                        pre = {}
-                    else:
-                        pre, ft = done
-                else:
-                    run_dir = work / f"{obj}-s{seed}"
-                    done = _load_done(run_dir, run_dir / "finetune-genre")
-                    if done is None:
-                        _reuse_data(work / f"{obj}-s{opts['seeds'][0]}", run_dir)
-                        pre = train(pretrain_config(obj, seed, opts, str(run_dir)),
-                                    run_dir=run_dir)
-                        ft = finetune(run_dir, "genre", finetune_overrides(seed, opts))
-                    else:
-                        pre, ft = done
-            except Exception as e:                      # one failing run never stops the rest
-                rep.error(item, e)
-                continue
-            chance = ft.get("chance", chance)
-            if obj != CONTROL:
-                hist = [(r["elapsed"], r["loss"]) for r in read_metrics(run_dir)
-                        if r.get("split") == "train" and isinstance(r.get("loss"), (int, float))]
-                curves.setdefault(obj, []).append(hist)
-            rows.append({"objective": obj, "seed": seed,
-                         "arch": ARCH.get(obj, "bert"),
-                         "pretrain_steps": pre.get("steps", 0),
-                         "pretrain_seconds": pre.get("train_seconds"),
-                         "pretrain_tokens": pre.get("tokens"),
-                         "params": pre.get("params", ft.get("params")),
-                         "final_pretrain_loss": pre.get("final_train_loss"),
-                         "finetune_final_train_loss": ft.get("final_train_loss"),
-                         "val_accuracy": ft.get("val_accuracy"),
-                         "test_accuracy": ft.get("test_accuracy"),
-                         "wall_s": time.perf_counter() - t0})
+    # the runs that decide the claim first (mlm, electra, the control; every seed), then the
+    # rest: a study cut short by --max-minutes still has all the seeds of ELECTRA vs MLM
+    first = [o for o in objs if o in ("mlm", "electra")] + ([CONTROL] if control else [])
+    rest = [o for o in objs if o not in first]
+    items = [(o, s) for group in (first, rest) for s in opts["seeds"] for o in group]
+    for obj, seed in items:
+        item = f"{obj} seed {seed}"
+        if deadline.expired():
+            rep.skip(item, deadline.reason())
+            continue
+        t0 = time.perf_counter()
+        try:
+            if obj == CONTROL:     # the same bert, tokenizer and recipe; random weights
+                src = next(work / f"{o}-s{seed}" for o in objs
+                           if ARCH.get(o, "bert") == "bert" and o != "decbert")
+                run_dir = work / f"{CONTROL}-s{seed}"
+                pre, ft = {}, _summary(run_dir, "test_accuracy")
+                if ft is None:
+                    ft = finetune(src, "genre", finetune_overrides(seed, opts)
+                                  + [f"train.out_dir={run_dir}"], pretrained=False)
+            else:
+                run_dir = work / f"{obj}-s{seed}"
+                pre = _summary(run_dir)
+                if pre is None:
+                    _reuse_data(work / f"{obj}-s{opts['seeds'][0]}", run_dir)
+                    pre = train(pretrain_config(obj, seed, opts, str(run_dir)),
+                                run_dir=run_dir)
+                ft = _summary(run_dir / "finetune-genre", "test_accuracy")
+                if ft is None:
+                    ft = finetune(run_dir, "genre", finetune_overrides(seed, opts))
+        except Exception as e:                          # one failing run never stops the rest
+            rep.error(item, e)
+            continue
+        chance = ft.get("chance", chance)
+        if obj != CONTROL:
+            hist = [(r["elapsed"], r["loss"]) for r in read_metrics(run_dir)
+                    if r.get("split") == "train" and isinstance(r.get("loss"), (int, float))]
+            curves.setdefault(obj, []).append(hist)
+        rows.append({"objective": obj, "seed": seed,
+                     "arch": ARCH.get(obj, "bert"),
+                     "pretrain_steps": pre.get("steps", 0),
+                     "pretrain_seconds": pre.get("train_seconds"),
+                     "pretrain_tokens": pre.get("tokens"),
+                     "params": pre.get("params", ft.get("params")),
+                     "final_pretrain_loss": pre.get("final_train_loss"),
+                     "finetune_final_train_loss": ft.get("final_train_loss"),
+                     "val_accuracy": ft.get("val_accuracy"),
+                     "test_accuracy": ft.get("test_accuracy"),
+                     "wall_s": time.perf_counter() - t0})
     acc = {}                                    # objective -> {seed: test accuracy}
     for r in rows:
         if r["test_accuracy"] is not None:

@@ -81,6 +81,8 @@ def finetune(run_dir, task="genre", overrides: list[str] | None = None,
     from .trainer import resolve_threads
     tr = Trainer(cfg)
     summary = tr.fit()
+    if summary.get("stopped") in ("interrupted", "stop_at"):   # not trained: nothing to test
+        return summary
     old, n = torch.get_num_threads(), resolve_threads(cfg.train.threads)
     if n and tr.device.type == "cpu":
         torch.set_num_threads(n)
