@@ -168,14 +168,28 @@ def run_recall(opts: dict) -> list:
         else:
             keep.append(n)
     names = reference_first(keep)
+    if opts["mixers"]:
+        out_ = [e.name for e in MIXERS.entries() if e.name not in names
+                and (e.supports is None or e.supports.causal)]
+        if out_:
+            rep.notes.append(f"{len(out_)} causal mixer(s) not in --mixers were left out of this "
+                             f"run (for its time budget): {', '.join(out_)}.")
+    for t in ("mqar", "induction"):
+        if t not in tasks:
+            rep.notes.append(f"The {t} task was not run (not in --tasks).")
+    for n_len in opts["lengths"]:
+        w = _default_window("local")
+        if "local" in names and w is not None and w >= n_len:
+            rep.notes.append(f"local's default window ({w}) covers the whole sequence at n = "
+                             f"{n_len}: there it is full causal attention, not a local one.")
     deadline = Deadline(opts["max_minutes"])
     log = RunLog(opts["out"], opts["resume"])
     seeds = list(range(opts["seed"], opts["seed"] + opts["seeds"]))
     res: dict = {t: {} for t in tasks}
     reused = 0
     complete = True
-    # widths innermost but seeds outermost-but-one: an interrupted study has every width of
-    # a mixer before its next seeds (what the claims compare)
+    # seeds outside mixers and widths: a study cut by --max-minutes keeps whole seeds of
+    # every mixer and width (what the claims compare), not all seeds of the first mixers
     for n_len in sorted(opts["lengths"]):
         for task_name in tasks:
             try:
@@ -185,11 +199,11 @@ def run_recall(opts: dict) -> list:
                 rep.skip(f"{task_name} n={n_len}", f"task refused: {e}")
                 continue
             ev = [task.sample(opts["eval_examples"], seed=10**6 + opts["seed"])]
-            for name in names:
-                refused = set()
-                for seed in seeds:
+            refused: set = set()
+            for seed in seeds:
+                for name in names:
                     for d in sorted(opts["widths"]):
-                        if d in refused:
+                        if (name, d) in refused:
                             continue
                         for lr in opts["lrs"]:
                             key = f"{name} {task_name} d={d} n={n_len} lr={lr:g} seed={seed}"
@@ -204,7 +218,7 @@ def run_recall(opts: dict) -> list:
                                 run = _one_run(task, name, d, n_len, lr, seed, ev, opts, dev,
                                                deadline, rep, key, _train, torch)
                                 if run == "refused":
-                                    refused.add(d)
+                                    refused.add((name, d))
                                     complete = False
                                     break
                                 if run is None:
@@ -312,6 +326,14 @@ def _summarise(cell: dict, lrs: list) -> None:
     cell.update({"mean": m, "sd": sd, "accuracies": accs, "best_lr": lr,
                  "best_accuracy": m, "params": first["params"], "mixer": first["mixer"],
                  "by_lr": {f"{k:g}": v[0][0] for k, v in by_lr.items()}})
+
+
+def _default_window(name: str) -> int | None:
+    import inspect
+    if name not in MIXERS:
+        return None
+    p = inspect.signature(MIXERS.get(name).obj.__init__).parameters.get("window")
+    return p.default if p is not None and isinstance(p.default, int) else None
 
 
 def _chance(task_name: str, opts: dict) -> float:
