@@ -93,6 +93,7 @@ def test_claims_follow_the_numbers():
     weak = [[0.5, 0.6, 0.55]] + att[1:]
     s = R.claims(_grid(weak, conv, conv, rec, rec), W, 64)
     assert ": not reproduced" in s[0] and "d=32" in s[0]
+    assert len(s) == 4 and "does not solve the task in this run" in s[3]
 
     # gated convolutions as good as attention everywhere: they do not "need more width", and
     # recurrences cannot sit between them and attention

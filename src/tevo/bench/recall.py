@@ -229,8 +229,14 @@ def run_recall(opts: dict) -> list:
                                 f"d={d} n={n_len}", {"runs": []})
                             cell["runs"].append(run)
     if reused:
-        rep.notes.append(f"{reused} run(s) were reused from an interrupted invocation "
-                         f"(--resume, recall.runs.jsonl).")
+        rep.notes.append(f"{reused} run(s) were reused from an earlier invocation (--resume, "
+                         f"recall.runs.jsonl); the wall time above counts only this one.")
+    walls = [r["wall_s"] for t in res.values() for c in t.values() for x in c.values()
+             for r in x["runs"]]
+    if walls:
+        rep.notes.append(f"Training time summed over the {len(walls)} run(s): "
+                         f"{sum(walls) / 60:.1f} min (one torch thread each on a shared "
+                         f"machine: wall-clock, not core time).")
     for t in res.values():
         for cells in t.values():
             for cell in cells.values():
@@ -457,6 +463,11 @@ def claims(res: dict, widths: list[int], n: int) -> list[str]:
                        + ")" for c in CONVS)
         parts.append(txt)
     out.append(f"{claim}: {_verdict(ok)} — " + "; ".join(parts) + ".")
+    if all(v is not None for v in sm.values()) and any(v < SOLVED for v in sm.values()):
+        out.append("Attention itself does not solve the task in this run, so the last two "
+                   "verdicts compare how far each mixer gets within this training budget, not "
+                   "whether its width suffices to solve MQAR (Zoology trains to convergence "
+                   "with a learning-rate sweep per point).")
     return out
 
 
