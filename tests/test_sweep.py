@@ -131,3 +131,17 @@ def test_point_lists_and_a_deadline_stop_between_points_and_resume(corpus, tmp_p
         sw.Sweep(out="x", grid={"model.d_model": [16]}, point_list=pts)
     with pytest.raises(ConfigError, match="points"):
         sw.Sweep(out="x", point_list=[pts[0], dict(pts[0])])
+
+
+def test_a_finished_point_of_another_budget_is_trained_again(corpus, tmp_path, monkeypatch):
+    s = _sweep(corpus, tmp_path / "sw", seeds=(0,))
+    sw.run_sweep(s, progress=False)
+    calls = []
+    real = sw._train_point
+    monkeypatch.setattr(sw, "_train_point", lambda a: calls.append(a) or real(a))
+    s2 = sw.Sweep(out=s.out, config="default", overrides=[*s.overrides, "train.steps=4"],
+                  grid=s.grid, seeds=[0])
+    recs = sw.run_sweep(s2, progress=False)
+    assert len(calls) == 2 and all(r["summary"]["steps"] == 4 for r in recs)
+    sw.run_sweep(s2, progress=False)                   # now finished at this budget
+    assert len(calls) == 2

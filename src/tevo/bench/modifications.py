@@ -246,12 +246,47 @@ def _run_vision_suite(opts: dict) -> list:
     return cmd.run(vopts)
 
 
+@dataclass
+class SuiteRun:
+    """A suite's sweep and what it produced: the variants that build (with their points), the
+    finished runs' records, and the variants left out with the reason."""
+    sweep: object
+    resolved: list
+    records: list
+    left: list
+    seeds: list
+
+
+def suite_sweep(suite: str, opts: dict, labels=None, dev=None, deadline: float | None = None,
+                extra: tuple = (), name: str | None = None) -> SuiteRun:
+    """Train (or reuse) the runs of a suite's variants (``labels``: a subset) at the budget of
+    ``opts``; ``extra`` overrides are added to every point (then ``name`` names the sweep's
+    folder). Finished runs of the same command are reused, so studies that share variants
+    (the claims table and the quality pages) share their runs."""
+    from pathlib import Path
+
+    from ..train.sweep import Sweep, run_sweep
+    variants, left = suite_variants(suite, opts)
+    if labels:
+        variants = [v for v in variants if v.label in set(labels)]
+    overrides = [*base_overrides(opts), *extra]
+    if dev is not None and dev.type != "cpu":
+        overrides.append(f"train.device={dev.type}")
+    resolved, refused = resolve_variants(variants, overrides)
+    seeds = list(range(opts["seed"], opts["seed"] + opts["seeds"]))
+    if not resolved:
+        return SuiteRun(None, [], [], left + refused, seeds)
+    sweep = Sweep(out=Path(opts["runs"]) / (name or f"quality-{suite}"), config="default",
+                  overrides=overrides, point_list=[pt for _, pt in resolved], seeds=seeds)
+    records = run_sweep(sweep, jobs=opts["jobs"], engine=opts["engine"], progress=True,
+                        deadline=deadline)
+    return SuiteRun(sweep, resolved, records, left + refused, seeds)
+
+
 def _run_suite(suite: str, opts: dict, dev, suite_deadline: float | None):
     """The suite as a sweep of ordinary runs (``tevo.train.sweep``): one point per variant,
     ``seeds`` runs each, the paired difference against the baseline over seeds."""
-    from pathlib import Path
-
-    from ..train.sweep import Sweep, aggregate, run_sweep, slug
+    from ..train.sweep import aggregate, slug
     rep = new_report(f"quality-{suite}", "modifications", f"Modifications table: {suite}", opts,
                      intro=_INTRO.format(d=opts["d_model"], L=opts["n_layers"], h=opts["heads"],
                                          n=opts["seq_len"], b=opts["batch"],
@@ -260,30 +295,18 @@ def _run_suite(suite: str, opts: dict, dev, suite_deadline: float | None):
     if opts["quick"]:
         rep.notes.insert(0, "Smoke test, not a result: the --quick budget is far too small for "
                             "the variants to differ by more than optimisation speed.")
-    variants, left = suite_variants(suite, opts)
-    for name, why in left:
+    run = suite_sweep(suite, opts, opts["variants"], dev, suite_deadline)
+    for name, why in run.left:
         rep.skip(name, why)
-    if opts["variants"]:
-        variants = [v for v in variants if v.label in set(opts["variants"])]
-    overrides = base_overrides(opts)
-    if dev.type != "cpu":
-        overrides.append(f"train.device={dev.type}")
-    resolved, refused = resolve_variants(variants, overrides)
-    for name, why in refused:
-        rep.skip(name, why)
+    resolved, records, seeds = run.resolved, run.records, run.seeds
     rows: list[dict] = []
-    if resolved:
-        seeds = list(range(opts["seed"], opts["seed"] + opts["seeds"]))
-        sweep = Sweep(out=Path(opts["runs"]) / f"quality-{suite}", config="default",
-                      overrides=overrides, point_list=[pt for _, pt in resolved], seeds=seeds)
-        records = run_sweep(sweep, jobs=opts["jobs"], engine=opts["engine"], progress=True,
-                            deadline=suite_deadline)
+    if records:
         by_slug = {slug(pt): v for v, pt in resolved}
         base_pt = next((pt for v, pt in resolved if v.baseline), None)
         done = {slug(r["point"]) for r in records}
-        agg = aggregate(sweep, records, base_pt if base_pt is not None and slug(base_pt) in done
-                        else next((pt for _, pt in resolved if slug(pt) in done), None)) \
-            if records else []
+        agg = aggregate(run.sweep, records, base_pt if base_pt is not None
+                        and slug(base_pt) in done
+                        else next((pt for _, pt in resolved if slug(pt) in done), None))
         have = {(slug(r["point"]), r["seed"]) for r in records}
         for v, pt in resolved:
             missing = [sd for sd in seeds if (slug(pt), sd) not in have]
@@ -311,8 +334,8 @@ def _run_suite(suite: str, opts: dict, dev, suite_deadline: float | None):
                                    "val_bpc": r["summary"].get("val_bits_per_char"),
                                    "tokens_per_s": r["summary"].get("tokens_per_second")}
                                   for r in runs]})
-    rep.data = sanitize({"suite": suite, "base_model": base_model(opts), "overrides": overrides,
-                         "rows": rows})
+    rep.data = sanitize({"suite": suite, "base_model": base_model(opts),
+                         "overrides": run.sweep.overrides if run.sweep else None, "rows": rows})
     _table(rep, rows)
     return rep
 

@@ -235,14 +235,17 @@ def _train_point(args: tuple) -> dict:
 
 
 def finished(sweep: Sweep) -> dict:
-    """(slug, seed) → record of every finished point in ``results.jsonl``."""
+    """(slug, seed) → record of every finished point in ``results.jsonl`` whose command is
+    the one this sweep would run (a run of the same folder with another budget or base config
+    is stale: it is trained again, never mixed in)."""
     path = sweep.out / RESULTS
     done = {}
     if path.exists():
         for line in path.read_text().splitlines():
             if line.strip():
                 r = json.loads(line)
-                if (Path(r["run_dir"]) / "summary.json").exists():
+                if (Path(r["run_dir"]) / "summary.json").exists() \
+                        and r.get("command") == sweep.command(r["point"], r["seed"]):
                     done[(slug(r["point"]), r["seed"])] = r
     return done
 
