@@ -132,6 +132,71 @@ def test_sampling_with_a_perfect_oracle_recovers_x0():
     assert (other - x0).abs().max() > 0.1
 
 
+def test_clipped_sampling_is_eq7_posterior_mean_of_the_clipped_x0():
+    """The authors' clip_denoised: μ̃_t(x_t, clip(x̂_0)) by eq. 7, written out by hand; with a
+    clip no x̂_0 reaches it is Algorithm 2's mean exactly; the chain stays in [−1, 1]."""
+    T = 50
+    sched = DiffusionSchedule(T, B1, BT)
+    ab = alpha_bars(T)
+    g = torch.Generator().manual_seed(0)
+    for step in (1, 2, 25, 50):
+        t = torch.full((4,), step)
+        x_t = torch.randn(4, 1, 4, 4, generator=g, dtype=torch.float64)
+        eps = torch.randn(4, 1, 4, 4, generator=g, dtype=torch.float64) * 3
+        beta = B1 + (step - 1) * (BT - B1) / (T - 1)
+        x0 = ((x_t - math.sqrt(1 - ab[step]) * eps) / math.sqrt(ab[step])).clamp(-1, 1)
+        mu = (math.sqrt(ab[step - 1]) * beta / (1 - ab[step]) * x0
+              + math.sqrt(1 - beta) * (1 - ab[step - 1]) / (1 - ab[step]) * x_t)
+        torch.testing.assert_close(sched.p_mean_clipped(x_t, t, eps, 1.0), mu, rtol=1e-10,
+                                   atol=1e-10)
+        torch.testing.assert_close(sched.p_mean_clipped(x_t, t, eps, 1e9),
+                                   sched.p_mean(x_t, t, eps), rtol=1e-9, atol=1e-9)
+    # a denoiser that predicts far too much noise: unclipped the chain leaves the data's
+    # range, clipped it cannot (at t = 1 the mean is x̂_0 itself)
+    def wild(x, t):
+        return -5 * x
+    a = sched.sample(wild, (8, 1, 4, 4), torch.Generator().manual_seed(1), dtype=torch.float64)
+    b = sched.sample(wild, (8, 1, 4, 4), torch.Generator().manual_seed(1), dtype=torch.float64,
+                     clip=1.0)
+    assert a.abs().max() > 2 and b.abs().max() <= 1 + 1e-12
+    for bad in (0, -1.0, True, "1"):
+        with pytest.raises(ConfigError) as e:
+            sched.sample(wild, (1, 1, 2, 2), clip=bad)
+        assert "clip" in str(e.value) and "\n" not in str(e.value)
+
+
+def test_digits_scorer_separates_digits_from_noise():
+    """The study's score: both classifiers are far more confident on held-out digits than on
+    noise, and a training image is at distance 0 from the training set."""
+    pytest.importorskip("sklearn")
+    from tevo.bench.diffusion import SETS, digits_scorer, digits_splits, noise_sets
+    sp = digits_splits()
+    scorer = digits_scorer()
+    real = scorer.score(sp["test"][0][:100])
+    noise = noise_sets(100, (1, 8, 8), 0)
+    for name in SETS[2:]:
+        sc = scorer.score(noise[name])
+        assert real["forest"] > sc["forest"] + 0.3 and real["logreg"] > sc["logreg"], (name, sc)
+        assert real["nn_dist"] < sc["nn_dist"] - 2, (name, sc)
+    assert scorer.score(sp["train"][0][:5])["nn_dist"] < 1e-6
+    assert sum(real["classes"]) == 100
+
+
+def test_bench_diffusion_quick_scores_every_set(tmp_path):
+    pytest.importorskip("sklearn")
+    from tevo.bench import run
+    run("diffusion", quick=True, steps=3, batch_size=8, timesteps=5, samples=4, threads=1,
+        out=str(tmp_path))
+    res = json.loads((tmp_path / "diffusion.json").read_text())["results"]
+    row, = res["seeds"]
+    for name in ("samples", "noise N(0,I) clipped", "noise U[−1,1]"):
+        assert set(row[name]) >= {"logreg", "forest", "nn_dist", "classes"}
+        assert sum(row[name]["classes"]) == 4
+    assert len(res["claims"]) == 6 and not any(c["samples_better"] for c in res["claims"].values())
+    md = (tmp_path / "diffusion.md").read_text()
+    assert "Smoke test, not a result" in md and "no measurable difference" in md
+
+
 TINY = ["model.d_model=32", "model.n_layers=2", "model.ffn.mult=2", "model.mixer.heads=2",
         "model.extra.timesteps=50", "train.batch_size=64", "train.lr=3e-3",
         "train.threads=1", "train.progress=false", "train.plot=false"]

@@ -7,6 +7,10 @@ and its closed form (eq. 4), α_t = 1 − β_t, ᾱ_t = Π_{s≤t} α_s:
     q(x_t | x_0) = N(√ᾱ_t x_0, (1 − ᾱ_t) I)
 Reverse step (Algorithm 2), σ_t² = β_t (the paper's first choice), z = 0 at t = 1:
     x_{t-1} = 1/√α_t · (x_t − β_t/√(1−ᾱ_t) · ε_θ(x_t, t)) + σ_t z
+``sample(..., clip=c)`` is the authors' code's ``clip_denoised``: the same mean written as the
+posterior mean of eq. 7, μ̃_t(x_t, x̂_0), with x̂_0 = (x_t − √(1−ᾱ_t) ε_θ) / √ᾱ_t clipped to
+[−c, c] (the data's range, c = 1). Unclipped it equals Algorithm 2's mean exactly; clipped it
+keeps a denoiser's early errors (amplified by 1/√ᾱ_t near t = T) out of the chain.
 The ε-prediction loss (eq. 14, L_simple) is the ``ddpm`` objective (tevo.objectives.ddpm).
 
 Denoiser ε_θ(x_t, t): the image is cut into p×p patches (ViT's patch embedding, reused from
@@ -91,16 +95,34 @@ class DiffusionSchedule(nn.Module):
         ab = self._at(self.alpha_bar, t, x_t)
         return (x_t - b / (1.0 - ab).sqrt() * eps) / a.sqrt()
 
+    def p_mean_clipped(self, x_t: Tensor, t: Tensor, eps: Tensor, clip: float) -> Tensor:
+        """Eq. 7's posterior mean μ̃_t(x_t, x̂_0) with x̂_0 = (x_t − √(1−ᾱ_t) ε̂)/√ᾱ_t clipped
+        to [−clip, clip] (the authors' ``clip_denoised``):
+            μ̃_t = √ᾱ_{t−1} β_t/(1−ᾱ_t) · x̂_0 + √α_t (1−ᾱ_{t−1})/(1−ᾱ_t) · x_t"""
+        a, b = self._at(self.alphas, t, x_t), self._at(self.betas, t, x_t)
+        ab, ab_prev = self._at(self.alpha_bar, t, x_t), self._at(self.alpha_bar, t - 1, x_t)
+        x0 = ((x_t - (1.0 - ab).sqrt() * eps) / ab.sqrt()).clamp(-clip, clip)
+        return (ab_prev.sqrt() * b / (1.0 - ab)) * x0 \
+            + (a.sqrt() * (1.0 - ab_prev) / (1.0 - ab)) * x_t
+
     @torch.no_grad()
     def sample(self, eps_fn, shape, generator: torch.Generator | None = None,
-               device=None, dtype=torch.float32) -> Tensor:
+               device=None, dtype=torch.float32, clip: float | None = None) -> Tensor:
         """Algorithm 2: x_T ~ N(0, I); for t = T..1: x_{t-1} = p_mean + σ_t z, σ_t² = β_t,
-        z = 0 at t = 1. ``eps_fn(x_t, t)`` with t a (B,) long tensor returns ε̂ like x_t."""
+        z = 0 at t = 1. ``eps_fn(x_t, t)`` with t a (B,) long tensor returns ε̂ like x_t.
+        ``clip``: None (the paper's Algorithm 2) or c > 0: the mean from x̂_0 clipped to
+        [−c, c] (``p_mean_clipped``)."""
+        if clip is not None and (isinstance(clip, bool) or not isinstance(clip, (int, float))
+                                 or not clip > 0):
+            raise ConfigError("clip", clip, why="expected None or a positive number (the "
+                                                "data's range, 1 for images in [−1, 1])")
         x = torch.randn(shape, generator=generator, device=device, dtype=dtype)
         B = shape[0]
         for step in range(self.T, 0, -1):
             t = torch.full((B,), step, dtype=torch.long, device=x.device)
-            mean = self.p_mean(x, t, eps_fn(x, t).to(x.dtype))
+            eps = eps_fn(x, t).to(x.dtype)
+            mean = self.p_mean(x, t, eps) if clip is None \
+                else self.p_mean_clipped(x, t, eps, float(clip))
             if step > 1:
                 z = torch.randn(shape, generator=generator, device=x.device, dtype=dtype)
                 x = mean + self._at(self.betas, t, x).sqrt() * z
@@ -223,14 +245,16 @@ class DiffusionModel(nn.Module):
         return ModelOutput(eps, None, aux, h)
 
     @torch.no_grad()
-    def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
-        """n images by ancestral sampling (Algorithm 2) with this denoiser: (n, C, H, W)."""
+    def sample(self, n: int, generator: torch.Generator | None = None,
+               clip: float | None = None) -> Tensor:
+        """n images by ancestral sampling (Algorithm 2) with this denoiser: (n, C, H, W).
+        ``clip=1.0``: x̂_0 clipped to the data's [−1, 1] at every step (the authors' code)."""
         if not isinstance(n, int) or isinstance(n, bool) or n < 1:
             raise ConfigError("samples", n, why="expected a positive integer")
         C, (H, W) = self.cfg.channels, image_hw(self.cfg)
         w = self.patch.proj.weight
         return self.schedule.sample(lambda x, t: self(x, t).logits, (n, C, H, W), generator,
-                                    w.device, w.dtype)
+                                    w.device, w.dtype, clip)
 
 
 def image_grid_png(images: Tensor, path, nrow: int | None = None, lo: float = -1.0,
