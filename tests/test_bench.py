@@ -276,7 +276,7 @@ def test_quality_suites_name_registry_components_and_skip_missing(tmp_path, monk
         [ffn[0], next(v for v in ffn if v.label == "relu"), ghost], [("x", "why")]))
     (rep,) = tevo.bench.run("quality", suite=["ffn"], seeds=1, budget_tokens=64, d_model=16,
                             n_layers=1, heads=2, seq_len=16, batch=2, eval_windows=2,
-                            out=str(tmp_path), runs=str(tmp_path / "runs"))
+                            out=str(tmp_path), runs=str(tmp_path / "runs"), jobs=1)
     rows = rep.data["rows"]
     assert {r["label"] for r in rows} == {"gelu", "relu"}
     # every row is an ordinary run of the Trainer, reproducible by its command

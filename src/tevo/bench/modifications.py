@@ -185,21 +185,27 @@ def resolve_variants(variants: list[Variant], overrides: list[str]
     return ok, left
 
 
+# The standard budget of the text studies, chosen from a measured curve of the baseline
+# (docs/benchmarks/README.md, "Budgets"): at d = 128, 4 layers, context 128 the baseline passes
+# 2.7 bits/char near 2 M tokens on the held-out works and keeps improving; 1,250 steps of
+# 16 × 128 (2.56 M tokens, a full cosine schedule) is well into the regime where architecture
+# matters. --quick is a smoke test.
 QUALITY_OPTIONS = (
     Option("suite", "strs", list(SUITES), f"suites to run: {', '.join(SUITES)} (default: all), "
                                           f"or vision (image models on the digits)"),
     Option("variants", "strs", None, "only these variant labels"),
     Option("seeds", "int", 3, "seeds per variant", quick=1),
-    Option("budget_tokens", "int", 5_000_000, "training tokens per run", quick=160_000),
-    Option("d_model", "int", 256, "width", quick=64),
+    Option("budget_tokens", "int", 2_560_000, "training tokens per run", quick=160_000),
+    Option("d_model", "int", 128, "width", quick=64),
     Option("n_layers", "int", 4, "layers", quick=2),
     Option("heads", "int", 4, "attention heads"),
-    Option("seq_len", "int", 256, "training length", quick=64),
-    Option("batch", "int", 32, "sequences per step", quick=16),
-    Option("lr", "float", 1e-3, "peak learning rate (AdamW, warm-up + cosine)", quick=3e-3),
-    Option("eval_windows", "int", 256, "validation windows", quick=64),
+    Option("seq_len", "int", 128, "training length", quick=64),
+    Option("batch", "int", 16, "sequences per step"),
+    Option("lr", "float", 3e-3, "peak learning rate (AdamW, warm-up + cosine)"),
+    Option("eval_windows", "int", 320, "validation windows", quick=64),
     Option("precision", "str", "fp32", "fp32 | bf16 (autocast)", choices=("fp32", "bf16")),
-    Option("jobs", "int", 1, "runs at once (one process and one thread each)"),
+    Option("jobs", "int", 0, "runs at once, one process and one thread each (0: one per core)",
+           quick=1),
     Option("engine", "str", "local", "local processes or ray", choices=("local", "ray")),
     Option("runs", "str", "runs/bench", "folder of the suites' run folders (each point is an "
                                         "ordinary `tevo train` run; finished ones are reused "
@@ -258,18 +264,24 @@ class SuiteRun:
 
 
 def suite_sweep(suite: str, opts: dict, labels=None, dev=None, deadline: float | None = None,
-                extra: tuple = (), name: str | None = None) -> SuiteRun:
+                extra: tuple = (), name: str | None = None,
+                variants: list[Variant] | None = None) -> SuiteRun:
     """Train (or reuse) the runs of a suite's variants (``labels``: a subset) at the budget of
     ``opts``; ``extra`` overrides are added to every point (then ``name`` names the sweep's
-    folder). Finished runs of the same command are reused, so studies that share variants
-    (the claims table and the quality pages) share their runs."""
+    folder; an extra key replaces the base's). ``variants``: the study's own variants instead
+    of the suite's. Finished runs of the same command are reused, so studies that share
+    variants (the claims table and the quality pages) share their runs."""
     from pathlib import Path
 
     from ..train.sweep import Sweep, run_sweep
-    variants, left = suite_variants(suite, opts)
+    left: list = []
+    if variants is None:
+        variants, left = suite_variants(suite, opts)
     if labels:
         variants = [v for v in variants if v.label in set(labels)]
-    overrides = [*base_overrides(opts), *extra]
+        left = [x for x in left if x[0] in set(labels)]
+    keys = {e.split("=", 1)[0] for e in extra}
+    overrides = [*(o for o in base_overrides(opts) if o.split("=", 1)[0] not in keys), *extra]
     if dev is not None and dev.type != "cpu":
         overrides.append(f"train.device={dev.type}")
     resolved, refused = resolve_variants(variants, overrides)
@@ -278,7 +290,9 @@ def suite_sweep(suite: str, opts: dict, labels=None, dev=None, deadline: float |
         return SuiteRun(None, [], [], left + refused, seeds)
     sweep = Sweep(out=Path(opts["runs"]) / (name or f"quality-{suite}"), config="default",
                   overrides=overrides, point_list=[pt for _, pt in resolved], seeds=seeds)
-    records = run_sweep(sweep, jobs=opts["jobs"], engine=opts["engine"], progress=True,
+    import os
+    jobs = opts["jobs"] or os.cpu_count() or 1
+    records = run_sweep(sweep, jobs=jobs, engine=opts["engine"], progress=True,
                         deadline=deadline)
     return SuiteRun(sweep, resolved, records, left + refused, seeds)
 
