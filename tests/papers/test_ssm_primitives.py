@@ -9,7 +9,8 @@ import torch
 from tevo.errors import ConfigError
 from tevo.nn.fftconv import (check_kernel_len, conv_buffer, conv_with_state, direct_conv,
                              fft_conv, fft_size)
-from tevo.nn.ssm import discretize, ssm_kernel, ssm_loop, ssm_scan, ssm_step
+from tevo.nn.ssm import (discretize, ssm_kernel, ssm_kernel_dense, ssm_loop, ssm_scan,
+                         ssm_step)
 from tevo.registry import TOOLS
 
 TOL = dict(rtol=1e-5, atol=1e-5)
@@ -162,6 +163,25 @@ def test_ssm_kernel_is_the_vandermonde_sum():
         for l in range(6):
             want = sum((C[h, s] * B_bar[h, s] * A_bar[h, s] ** l) for s in range(3)).real
             assert math.isclose(K[h, l].item(), want.item(), rel_tol=1e-4, abs_tol=1e-5)
+
+
+@pytest.mark.parametrize("L", [1, 2, 10, 37, 200])
+def test_blocked_ssm_kernel_equals_dense_vandermonde(L):
+    """The blocked fast path (Ā^{gT+t} = Ā^{gT} Ā^t, two real matmuls) == the dense (H, N, L)
+    Vandermonde form: values and gradients, with a channel dim on C (bidirectional S4D), for
+    lengths that are and are not a whole number of blocks."""
+    Lambda, B, C, dt = random_ssm(4, 6)
+    Lambda.requires_grad_(True)
+    C = torch.stack([C, 0.5 * C.conj()]).requires_grad_(True)      # (2, H, N)
+    A_bar, B_bar = discretize(Lambda, B, dt)
+    fast, dense = ssm_kernel(A_bar, B_bar, C, L), ssm_kernel_dense(A_bar, B_bar, C, L)
+    assert fast.shape == dense.shape == (2, 4, L)
+    torch.testing.assert_close(fast, dense, **TOL)
+    w = torch.randn_like(dense)
+    g1 = torch.autograd.grad((fast * w).sum(), (Lambda, C), retain_graph=True)
+    g2 = torch.autograd.grad((dense * w).sum(), (Lambda, C), retain_graph=True)
+    for a, b in zip(g1, g2):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
 
 
 def test_ssm_scan_continues_from_state_and_step():

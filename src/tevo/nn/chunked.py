@@ -6,8 +6,9 @@
        S_t = exp(g_t) · S_{t-1} + k_t v_tᵀ,      o_t = q_tᵀ S_t      (g_t ≤ 0 log-decay, or none)
 
    forms: ``parallel`` (masked quadratic, O(n² d) time, O(n²) memory), ``chunk`` (quadratic
-   inside chunks of C, recurrent across them: O(n C d + n d²) time, O(n d + C² + d²) memory in
-   the forward, never an n × n matrix), ``scan`` (all chunk-boundary states at once through the
+   inside chunks of C, all chunks in batched matmuls; the chunk-boundary states by a cumulative
+   sum of the chunk updates — by ``parallel_scan`` with a decay: O(n C d + n d²) time,
+   O(n C + n d²/C) memory, never an n × n matrix), ``scan`` (the boundary states always by the
    associative ``parallel_scan``: O(log(n/C)) depth, O(n d²/C + n C) memory), ``recurrent``
    (one token at a time; the decoding form; the state S is O(d_k d_v) and does not grow with n).
    Bidirectional: o_i = q_iᵀ Σ_j k_j v_jᵀ (O(n d²)) or the quadratic form.
@@ -92,15 +93,7 @@ def linear_attention(q: Tensor, k: Tensor, v: Tensor, *, causal: bool = True,
         return _chunk_step(q, k, v, log_decay, S0)
     if form == "recurrent":
         return _recurrent(q, k, v, log_decay, S0)
-    if form == "chunk":
-        outs, S = [], S0
-        for s in range(0, n, chunk):
-            g = None if log_decay is None else log_decay[..., s:s + chunk]
-            o, S = _chunk_step(q[..., s:s + chunk, :], k[..., s:s + chunk, :],
-                               v[..., s:s + chunk, :], g, S)
-            outs.append(o)
-        return torch.cat(outs, -2), S
-    return _chunk_scan(q, k, v, log_decay, S0, chunk)
+    return _chunk_scan(q, k, v, log_decay, S0, chunk, cumulative=form == "chunk")
 
 
 def _decay_mask(G: Tensor) -> Tensor:
@@ -136,8 +129,14 @@ def _recurrent(q, k, v, g, S):
     return torch.stack(outs, -2), S
 
 
-def _chunk_scan(q, k, v, g, S0, C):
-    """All chunks at once: chunk-boundary states by an associative scan over chunks."""
+def _chunk_scan(q, k, v, g, S0, C, cumulative: bool = False):
+    """All chunks at once: a few batched matmuls over (B, h, G chunks, C, ·) tensors, with the
+    chunk-boundary states from the per-chunk updates ΔS_g = Σ_{t∈g} (decay to the chunk end)
+    k_t v_tᵀ. ``cumulative`` (the chunk form): without a decay S_before_g = S_0 + Σ_{j<g} ΔS_j
+    is one cumulative sum; with one, and in the scan form, the associative ``parallel_scan``
+    over chunks. No Python loop over chunks: a loop saved one state and a few small matmuls
+    per chunk for the backward and ran n/C sequential steps (fitted exponent ≈ 1.5 over
+    1k–16k at width 128); this is O(n C d + n d²) work in O(log(n/C)) or O(1) steps."""
     B, h, n, dk = q.shape
     dv = v.shape[-1]
     pad = (-n) % C
@@ -147,17 +146,27 @@ def _chunk_scan(q, k, v, g, S0, C):
             g = torch.nn.functional.pad(g, (0, pad))
     G_n = (n + pad) // C
     qc, kc, vc = (t.reshape(B, h, G_n, C, -1) for t in (q, k, v))  # (B, h, G, C, ·)
+    scores = qc @ kc.transpose(-1, -2)                            # (B, h, G, C, C)
     if g is None:
-        Gc = q.new_zeros(B, h, G_n, C)
+        dS = kc.transpose(-1, -2) @ vc                            # (B, h, G, d_k, d_v)
+        tril = torch.ones(C, C, dtype=torch.bool, device=q.device).tril()
+        scores = scores.masked_fill(~tril, 0.0)
     else:
         Gc = g.reshape(B, h, G_n, C).cumsum(-1)                   # within-chunk cumulative
-    last = Gc[..., -1:]                                           # (B, h, G, 1)
-    dS = (kc * (last - Gc).exp().unsqueeze(-1)).transpose(-1, -2) @ vc   # (B, h, G, d_k, d_v)
-    a = last.exp().unsqueeze(-1)                                  # (B, h, G, 1, 1)
-    S_after = parallel_scan(a, dS, h0=S0, dim=2)                  # (B, h, G, d_k, d_v)
+        last = Gc[..., -1:]                                       # (B, h, G, 1)
+        dS = (kc * (last - Gc).exp().unsqueeze(-1)).transpose(-1, -2) @ vc
+        scores = scores * _decay_mask(Gc)
+    if cumulative and g is None:
+        S_after = S0.unsqueeze(2) + dS.cumsum(2)                  # (B, h, G, d_k, d_v)
+    else:
+        a = (q.new_ones(B, h, G_n, 1, 1) if g is None
+             else last.exp().unsqueeze(-1))                       # (B, h, G, 1, 1)
+        S_after = parallel_scan(a, dS, h0=S0, dim=2)
     S_before = torch.cat([S0.unsqueeze(2), S_after[:, :, :-1]], 2)
-    scores = (qc @ kc.transpose(-1, -2)) * _decay_mask(Gc)        # (B, h, G, C, C)
-    o = scores @ vc + Gc.exp().unsqueeze(-1) * (qc @ S_before)
+    inter = qc @ S_before                                         # (B, h, G, C, d_v)
+    if g is not None:
+        inter = Gc.exp().unsqueeze(-1) * inter
+    o = scores @ vc + inter
     o = o.reshape(B, h, G_n * C, dv)[:, :, :n]
     return o, S_after[:, :, -1]
 

@@ -8,7 +8,7 @@ linear-attention posts in the survey (Su, 2020).
          = φ(Q_i)ᵀ S_i / φ(Q_i)ᵀ z_i,   S_i = S_{i-1} + φ(K_i) V_iᵀ,  z_i = z_{i-1} + φ(K_i)
 
 Feature maps (registry ``feature_map``): elu+1 (the paper's), relu, exp, softmax over features,
-dpfp, favor+, ... Forms: parallel (masked, O(n² d)), chunk (O(n C d + n d²) time, O(n d + C²)
+dpfp, favor+, ... Forms: parallel (masked, O(n² d)), chunk (O(n C d + n d²) time, O(n d + n C)
 memory), scan (chunk states by the associative scan), recurrent (O(d²) per token for decoding).
 Complexity: time O(n d m) (m = feature dim), memory O(n d + h m d) — the state does not grow.
 """
@@ -21,7 +21,7 @@ from .common import KernelAttention
 @MIXERS.register(
     "linear", paper="Transformers are RNNs (Katharopoulos et al., 2020); linear-attention posts",
     equation="eq. 6/20: y_i = φ(q_i)ᵀ(Σ_{j≤i} φ(k_j)v_jᵀ) / φ(q_i)ᵀ Σ_{j≤i} φ(k_j)",
-    complexity=("O(n d m) (chunk: O(n C d + n d m))", "O(n d + C² + h m d)"),
+    complexity=("O(n d m) (chunk: O(n C d + n d m))", "O(n d + n C + h m d)"),
     test="tests/papers/test_linear_attention.py::test_three_forms_agree_outputs_state_and_grads",
     tiny={"heads": 2, "chunk": 4})
 class LinearAttention(KernelAttention):
