@@ -9,10 +9,12 @@ and records the peak memory of the mode above the memory held before it (model +
 
 On Linux the high-water mark of resident memory is reset between modes by writing "5" to
 /proc/self/clear_refs; ``resource.getrusage`` then reads the peak of that mode alone. Memory is
-read from one extra call made after the timed ones, with glibc's mmap threshold lowered to one
-page: every buffer then gets fresh pages and gives them back when freed, so the high-water mark
-counts the mode's own allocations instead of whatever the heap happened to have cached (with
-the default allocator a small mode can reuse the warm-up's pages and read as 0). Importing
+read from one extra call per mode made after the timed calls of every mode (so that the
+timings run under glibc's own dynamic mmap threshold, which ``mallopt`` switches off for good),
+with glibc's mmap threshold lowered to one page: every buffer then gets fresh pages and gives
+them back when freed, so the high-water mark counts the mode's own allocations instead of
+whatever the heap happened to have cached (with the default allocator a small mode can reuse the
+warm-up's pages and read as 0). Importing
 this module in the fork server pre-loads torch and the registries, so a child starts in
 milliseconds instead of the seconds a fresh interpreter needs.
 """
@@ -130,11 +132,9 @@ def tensor_bytes(obj) -> int:
     return 0
 
 
-def _timed(fn, repeat: int, budget_s: float, sync, mem) -> tuple[list[float], int]:
-    """One warm-up call, then the high-water mark is reset and ``repeat`` calls are timed
-    (more, up to 10×, while they are cheap: under 0.3 s in all, for a stable median); stops
-    early past ``budget_s``. Returns (times, peak bytes of one more call above the memory held
-    before it)."""
+def _timed(fn, repeat: int, budget_s: float, sync) -> list[float]:
+    """One warm-up call, then ``repeat`` calls are timed (more, up to 10×, while they are
+    cheap: under 0.3 s in all, for a stable median); stops early past ``budget_s``."""
     fn()                                            # warm-up: kernels, thread pools, caches
     sync()
     times, spent = [], 0.0
@@ -147,7 +147,7 @@ def _timed(fn, repeat: int, budget_s: float, sync, mem) -> tuple[list[float], in
         spent += dt
         if spent > budget_s or (len(times) >= max(1, repeat) and spent > 0.3):
             break
-    return times, mem.measure(fn, sync)
+    return times
 
 
 def _median(xs: list[float]) -> float:
@@ -158,7 +158,9 @@ def _median(xs: list[float]) -> float:
 
 def measure(spec: dict) -> dict:
     """spec: mixer, options, d_model, n, batch, dtype (fp32|bf16), device, causal, modes,
-    repeat, budget_s (per mode), decode_steps. Returns {mode: {...}} or {"error": ...}."""
+    repeat, budget_s (per mode), decode_steps; fallback_options (optional): built instead when
+    ``options`` fail to build (reported as ``options_fallback``). Returns {mode: {...}} or
+    {"error": ...}."""
     try:
         return _measure(spec)
     except Exception as e:                          # reported, never dropped
@@ -177,23 +179,44 @@ def _measure(spec: dict) -> dict:
     steps = int(spec.get("decode_steps", 8))
     # fixed-length mixers hold tables of max_len positions: room for the decode steps after n
     grid = image_grid(name, n)           # image-only mixers run on an h×w grid of n tokens
-    mixer = MIXERS.build({"name": name, **spec.get("options", {})}, d_model=d,
-                         max_len=n + steps + 1, causal=causal, layer=0, n_layers=1,
-                         dropout=0.0, **({"grid": list(grid)} if grid else {})).to(dev, dtype)
+    kw = dict(d_model=d, max_len=n + steps + 1, causal=causal, layer=0, n_layers=1,
+              dropout=0.0, **({"grid": list(grid)} if grid else {}))
+    fallback = None
+    try:
+        mixer = MIXERS.build({"name": name, **spec.get("options", {})}, **kw)
+    except Exception as e:          # defaults that do not fit this width: the fallback options
+        if spec.get("fallback_options") is None:
+            raise
+        fallback = f"{type(e).__name__}: {e}".strip().splitlines()[0][:200]
+        mixer = MIXERS.build({"name": name, **spec["fallback_options"]}, **kw)
+    mixer = mixer.to(dev, dtype)
     x = torch.randn(B, n, d, device=dev, dtype=dtype)
     pos = torch.arange(n, device=dev).unsqueeze(0).expand(B, n)
     sync = (lambda: torch.cuda.synchronize(dev)) if dev.type == "cuda" else (lambda: None)
     mem = _Memory(dev)
     repeat, budget = int(spec.get("repeat", 3)), float(spec.get("budget_s", 10.0))
     out = {"params": sum(p.numel() for p in mixer.parameters())}
+    if fallback:
+        out["options_fallback"] = fallback
+    calls = {}
     for mode in spec.get("modes", ("forward", "train", "decode")):
         if mode == "decode" and not MIXERS.get(name).supports.cache:
             continue
         try:
-            out[mode] = _mode(mode, mixer, x, pos, causal, n, d, B, dev, dtype, steps, repeat,
-                              budget, sync, mem, grid)
+            out[mode], calls[mode] = _mode(mode, mixer, x, pos, causal, n, d, B, dev, dtype,
+                                           steps, repeat, budget, sync, mem, grid)
         except Exception as e:                      # one failing mode keeps the others
             out[mode] = {"error": f"{type(e).__name__}: {e}".strip()}
+    # Peak memory of forward / train after every timing: measuring it pins glibc's mmap
+    # threshold (mallopt turns its dynamic threshold off for the rest of the process), and
+    # timings under a pinned 128 KiB threshold page-fault every large buffer on every call —
+    # several times slower at long lengths than what a user's process sees.
+    for mode, fn in calls.items():
+        if fn is not None and "error" not in out[mode]:
+            try:
+                out[mode]["peak_bytes"] = mem.measure(fn, sync)
+            except Exception as e:
+                out[mode] = {"error": f"{type(e).__name__}: {e}".strip()}
     out["peak_reset"] = mem.reset_ok
     return out
 
@@ -208,20 +231,24 @@ def image_grid(name: str, n: int) -> tuple[int, int] | None:
 
 def _mode(mode, mixer, x, pos, causal, n, d, B, dev, dtype, steps, repeat, budget, sync,
           mem, grid=None) -> dict:
-    """Times (and peak memory) of one mode: forward, train (forward + backward) or decode."""
+    """Times of one mode — forward, train (forward + backward) or decode (with its peak memory
+    and state size) — and the call whose peak memory is measured later (None for decode)."""
     rec: dict = {}
+    fn = None
     if mode == "forward":
         mixer.eval()
 
         def fn():
+            mixer.eval()                            # (fn is called again for its memory)
             with torch.no_grad():
                 mixer(x, MixerContext(causal=causal, positions=pos, grid=grid))
-        rec["times"], rec["peak_bytes"] = _timed(fn, repeat, budget, sync, mem)
+        rec["times"] = _timed(fn, repeat, budget, sync)
     elif mode == "train":
         mixer.train()
         xg = x.detach().clone().requires_grad_(True)
 
         def fn():
+            mixer.train()
             mixer.zero_grad(set_to_none=True)
             xg.grad = None
             ctx = MixerContext(causal=causal, positions=pos, grid=grid)
@@ -229,7 +256,7 @@ def _mode(mode, mixer, x, pos, causal, n, d, B, dev, dtype, steps, repeat, budge
             loss = y.float().square().mean()
             aux = ctx.aux_loss()
             (loss + aux if torch.is_tensor(aux) else loss).backward()
-        rec["times"], rec["peak_bytes"] = _timed(fn, repeat, budget, sync, mem)
+        rec["times"] = _timed(fn, repeat, budget, sync)
     elif mode == "decode":
         mixer.eval()
         with torch.no_grad():
@@ -253,7 +280,7 @@ def _mode(mode, mixer, x, pos, causal, n, d, B, dev, dtype, steps, repeat, budge
         raise ValueError(f"unknown mode {mode!r}")
     rec["median_s"] = _median(rec["times"])
     rec["min_s"] = min(rec["times"])
-    return rec
+    return rec, fn
 
 
 def run_forked(spec: dict, timeout_s: float) -> dict:

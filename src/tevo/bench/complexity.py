@@ -144,9 +144,27 @@ def point_estimate(hist: dict, n: int, repeat: int, decode_steps: int) -> tuple:
     return est, mem
 
 
-def mixer_spec(name: str, overrides: dict | None = None) -> dict:
-    e = MIXERS.get(name)
-    return {**e.tiny, **(overrides or {}).get(name, {})}
+# Benchmark presets: options over a mixer's defaults, only where the defaults cannot be measured
+# as a user would run them at the speed study's sizes; each with its reason (shown on the page).
+BENCH_PRESETS: dict[str, tuple[dict, str]] = {}
+
+
+def mixer_spec(name: str, overrides: dict | None = None, options: str = "tiny") -> dict:
+    """The options a study builds ``name`` with: its registry ``tiny`` ones (``options="tiny"``,
+    sized for the conformance suite) or its defaults plus its benchmark preset, if any
+    (``options="default"``: what a user gets); ``overrides`` on top."""
+    base = MIXERS.get(name).tiny if options == "tiny" else BENCH_PRESETS.get(name, ({}, ""))[0]
+    return {**base, **(overrides or {}).get(name, {})}
+
+
+def options_source(name: str, overrides: dict | None, options: str) -> str:
+    """Where a mixer's measured options come from, in words (for the page)."""
+    parts = ["registry tiny options" if options == "tiny" else "defaults"]
+    if options != "tiny" and name in BENCH_PRESETS:
+        parts = [f"benchmark preset ({BENCH_PRESETS[name][1]})"]
+    if (overrides or {}).get(name):
+        parts.append("--options overrides")
+    return " + ".join(parts)
 
 
 # -- speed ------------------------------------------------------------------------------------
@@ -167,7 +185,12 @@ SPEED_OPTIONS = (
     Option("decode_steps", "int", 16, "decode steps timed per point", quick=8),
     Option("isolation", "str", "auto", "process (fresh process per point) | inprocess | auto "
                                        "(process on CPU, inprocess on GPU)"),
-    Option("options", "str", None, "JSON of per-mixer options over the registry's tiny ones, "
+    Option("presets", "str", "default", "options each mixer is built with: default (its "
+                                        "defaults, or its documented benchmark preset: what a "
+                                        "user gets) or tiny (the registry's conformance-suite "
+                                        "options; not a speed result)",
+           choices=("default", "tiny")),
+    Option("options", "str", None, "JSON of per-mixer options over those, "
                                    "e.g. '{\"local\": {\"window\": 64}}'"),
     Option("stat", "str", "min", "statistic of the timed calls: min (robust to preemption on "
                                  "a shared machine) or median", choices=("min", "median")),
@@ -178,6 +201,7 @@ def run_speed(opts: dict) -> list:
     dev = pick_device(opts["device"])
     rep = new_report("speed", "complexity", "Speed and memory against sequence length", opts,
                      intro=_SPEED_INTRO.format(d=opts["d_model"], b=opts["batch"],
+                                               built=_BUILT[opts.get("presets") or "default"],
                                                      stat=opts["stat"]))
     overrides = json.loads(opts["options"]) if opts.get("options") else {}
     names = list(opts["mixers"] or MIXERS.names())
@@ -226,8 +250,8 @@ def run_speed(opts: dict) -> list:
     return [rep]
 
 
-_SPEED_INTRO = """Each mixer alone (one layer, width d = {d}, batch {b}), built from its registry
-entry's `tiny` options, in its causal form when it has one. Times are the {stat} of the timed
+_SPEED_INTRO = """Each mixer alone (one layer, width d = {d}, batch {b}), built with {built},
+in its causal form when it has one (the table "Options measured" lists each mixer's). Times are the {stat} of the timed
 calls after a warm-up (the minimum is robust to preemption on a shared machine; the JSON has
 both); *decode* is the time of one token after a prefill of n tokens (mixers with an
 incremental form). Peak memory is measured, not estimated: on CPU each point runs in a fresh
@@ -238,6 +262,12 @@ KB reads as "< resolution" rather than as a number. Exponents are
 least-squares slopes on log–log axes over the upper half of the measured lengths; the crossover
 is the length from which the mixer stays faster than `softmax` (interpolated; "extrapolated"
 solves the two fitted power laws when it is not reached in range)."""
+
+
+_BUILT = {"default": "the options a user gets — its defaults, or a documented benchmark "
+                     "preset where the defaults cannot be measured",
+          "tiny": "its registry entry's `tiny` options (sized for the conformance suite: "
+                  "smoke test of the harness, not a speed result)"}
 
 
 class _Runner:
@@ -261,8 +291,11 @@ class _Runner:
 
 def _speed_dtype(rep, runner, names, forms, mixer_of, lengths, dtype, dev, opts, overrides,
                  mem_limit, deadline) -> dict:
+    presets = opts.get("presets") or "default"
     res = {n: {"mixer": mixer_of[n], "form": "causal" if forms[n] else "bidirectional",
-               "options": mixer_spec(mixer_of[n], overrides), "points": {}} for n in names}
+               "options": mixer_spec(mixer_of[n], overrides, presets),
+               "options_source": options_source(mixer_of[n], overrides, presets),
+               "points": {}} for n in names}
     hist = {n: {"forward": [], "train": [], "decode": [], "memory": []} for n in names}
     blocked: dict = {}
     skipped: dict = {}
@@ -286,7 +319,10 @@ def _speed_dtype(rep, runner, names, forms, mixer_of, lengths, dtype, dev, opts,
                 pts[str(n_len)] = {"status": "skipped", "reason": why}
                 skipped.setdefault((name, why), []).append(n_len)
                 continue
-            spec = {"mixer": mixer_of[name], "options": res[name]["options"], "d_model": opts["d_model"],
+            spec = {"mixer": mixer_of[name], "options": res[name]["options"],
+                    "fallback_options": (mixer_spec(mixer_of[name], overrides, "tiny")
+                                         if presets != "tiny" else None),
+                    "d_model": opts["d_model"],
                     "n": n_len, "batch": opts["batch"], "dtype": dtype, "device": str(dev),
                     "causal": forms[name], "modes": list(MODES), "repeat": repeat,
                     "budget_s": budget / 3.0, "decode_steps": steps,
@@ -305,6 +341,10 @@ def _speed_dtype(rep, runner, names, forms, mixer_of, lengths, dtype, dev, opts,
                 rep.error(f"{name} ({dtype}, n={n_len})", r["error"])
                 continue
             p = {"status": "ok", "params": r.get("params"), "peak_reset": r.get("peak_reset")}
+            if r.get("options_fallback"):
+                p["options_fallback"] = r["options_fallback"]
+                res[name]["options_source"] = (f"registry tiny options (its defaults do not "
+                                               f"build here: {r['options_fallback']})")
             for mode in MODES:
                 if mode not in r:
                     continue
@@ -432,6 +472,12 @@ def _speed_tables(rep, res, names, lengths, dtype, several: bool) -> None:
     data = {name: series(res[name], "train_peak_bytes", lengths) for name in names}
     rep.figure(f"memory{tag}", f"peak memory of forward + backward against n{sfx}",
                loglog_plot(data, "sequence length n", "bytes", f"peak memory{sfx}"))
+    rows = [[name, json.dumps(res[name]["options"], sort_keys=True) if res[name]["options"]
+             else "—", res[name].get("options_source", "—")] for name in names]
+    rep.table(["mixer", "options", "from"], rows, heading=f"Options measured{sfx}",
+              note="Options passed over each mixer's defaults (— = none: the defaults). "
+                   "Length-dependent defaults (kernel_len, max_len tables) follow each point's "
+                   "n.")
 
 
 # -- flops ------------------------------------------------------------------------------------
