@@ -75,6 +75,20 @@ def test_text_classification_head_pools_and_scores():
     assert torch.allclose(f[1], h[0].mean(0), atol=1e-5)
     with pytest.raises(ConfigError, match="label 4 is out of range"):
         obj(bert, {"input_ids": ids, "labels": torch.tensor([0, 4, 1])})
+    with pytest.raises(ConfigError, match="objective.norm"):
+        OBJECTIVES.build({"name": "text_classification", "classes": 4, "norm": "layer"})
+    bn = OBJECTIVES.build({"name": "text_classification", "classes": 4, "norm": "batchnorm"})
+    bn.setup(50, {}).attach(bert)
+    bert.train()
+    f, _ = bn.features(bert, ids, mask)
+    z = bert.objective_modules["feature_norm"](f)                 # standardised over the batch
+    want = (f - f.mean(0)) / torch.sqrt(f.var(0, unbiased=False) + 1e-5)
+    assert torch.allclose(z, want, atol=1e-4) and torch.allclose(z.mean(0), torch.zeros(16),
+                                                                 atol=1e-5)
+    loss, _ = bn(bert, {"input_ids": ids, "attention_mask": mask, "labels": labels})
+    ref = F.cross_entropy(bert.objective_modules["classifier"](z), labels)
+    assert torch.allclose(loss, ref, atol=1e-5)
+    assert not any(p.requires_grad for p in bert.objective_modules["feature_norm"].parameters())
 
 
 def test_genre_data_refuses_a_tokenizer_that_cannot_encode_it(task):

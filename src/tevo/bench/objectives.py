@@ -41,6 +41,8 @@ OPTIONS = (
     Option("finetune_batch", "int", 16, "fine-tuning batch size", quick=16),
     Option("finetune_lr", "float", 3e-3, "fine-tuning peak learning rate (linear decay)",
            quick=5e-3),
+    Option("finetune_norm", "str", "batchnorm", "normalisation of the pooled features before "
+           "the classification head (text_classification's norm)", choices=("batchnorm", "none")),
     Option("d_model", "int", 128, "model width", quick=64),
     Option("n_layers", "int", 4, "layers (the encoder's; span's decoder has as many)",
            quick=2),
@@ -84,7 +86,8 @@ def pretrain_config(objective: str, seed: int, opts: dict, out_dir: str):
 
 def finetune_overrides(seed: int, opts: dict) -> list[str]:
     """The one fine-tuning recipe."""
-    return [f"train.steps={int(opts['finetune_steps'])}",
+    return [f"objective.norm={opts.get('finetune_norm') or 'none'}",
+            f"train.steps={int(opts['finetune_steps'])}",
             f"train.batch_size={int(opts['finetune_batch'])}",
             f"train.lr={float(opts['finetune_lr'])}",
             f"train.warmup={max(1, int(opts['finetune_steps']) // 10)}",
@@ -142,8 +145,9 @@ def run_objectives(opts: dict) -> list:
              f"batch {opts['batch_size']} × {opts['seq_len']} bytes, d_model {opts['d_model']}, "
              f"{opts['n_layers']} layers. Each fine-tuning run: {opts['finetune_steps']} steps "
              f"× {opts['finetune_batch']} passages of 256 bytes, peak lr "
-             f"{fmt(float(opts['finetune_lr']))} (10 % warm-up, linear decay), all weights "
-             f"trained. {n_runs} pre-training + fine-tuning runs"
+             f"{fmt(float(opts['finetune_lr']))} (10 % warm-up, linear decay), pooled features "
+             f"normalised by {opts['finetune_norm']}, all weights trained. {n_runs} "
+             f"pre-training + fine-tuning runs"
              + (f" and {len(opts['seeds'])} control fine-tunes" if control else "")
              + f" (seeds {', '.join(map(str, opts['seeds']))}).")
     rows, curves, chance = [], {}, None

@@ -12,6 +12,13 @@ picks ``last`` for causal models, ``mean`` otherwise. (Our pre-training has no [
 BERT's [CLS] vector is replaced by the mean.) The head W (``classes`` × d, bias) is the
 objective's own module, trained with the model. Metrics: ``loss`` and ``accuracy`` per passage.
 Complexity: O(B d K) on top of the model.
+
+``norm="batchnorm"``: a BatchNorm without affine parameters between the pooled representation
+and the head, as MAE's linear probe (He et al., 2022, App. A.1) — it standardises each feature
+over the batch (running statistics at evaluation). The mean of a small encoder's hidden states
+varies little between passages (spread ~0.05–0.1 per feature), so a linear head on it learns
+only the label prior in a few hundred steps at the encoder's learning rate; standardised, the
+same head sees unit-scale features.
 """
 from __future__ import annotations
 
@@ -24,6 +31,7 @@ from ..registry import OBJECTIVES
 from .base import Objective, aux_of, exact_sum, unwrap
 
 POOLING = ("auto", "last", "mean")
+NORMS = ("none", "batchnorm")
 
 
 @OBJECTIVES.register(
@@ -39,20 +47,25 @@ class TextClassification(Objective):
 
     data_format = "classify"
 
-    def __init__(self, classes: int | None = None, pooling: str = "auto"):
+    def __init__(self, classes: int | None = None, pooling: str = "auto", norm: str = "none"):
         if not isinstance(classes, int) or isinstance(classes, bool) or classes < 2:
             raise ConfigError("objective.classes", classes,
                               why="the number of labels, an integer >= 2 (tevo finetune sets it "
                                   "from the task)")
         if pooling not in POOLING:
             raise ConfigError("objective.pooling", pooling, POOLING)
-        self.classes, self.pooling = classes, pooling
+        if norm not in NORMS:
+            raise ConfigError("objective.norm", norm, NORMS)
+        self.classes, self.pooling, self.norm = classes, pooling, norm
 
     def attach(self, model) -> None:
         head = nn.Linear(model.cfg.d_model, self.classes)
         nn.init.normal_(head.weight, 0.0, model.cfg.init_std)
         nn.init.zeros_(head.bias)
-        self.add_modules(model, classifier=head)
+        mods = {"classifier": head}
+        if self.norm == "batchnorm":                 # standardise features; no affine (MAE)
+            mods["feature_norm"] = nn.BatchNorm1d(model.cfg.d_model, affine=False)
+        self.add_modules(model, **mods)
 
     def features(self, model, ids: Tensor, mask: Tensor | None) -> tuple[Tensor, object]:
         """(B, d) passage representations and the model output."""
@@ -74,6 +87,13 @@ class TextClassification(Objective):
         m = mask.unsqueeze(-1).to(h.dtype)
         return (h * m).sum(1) / m.sum(1).clamp(min=1), out
 
+    def logits(self, model, feats: Tensor) -> Tensor:
+        """(B, K) class scores from (B, d) pooled features."""
+        mods = unwrap(model).objective_modules
+        if "feature_norm" in mods:
+            feats = mods["feature_norm"](feats)
+        return mods["classifier"](feats).float()
+
     def __call__(self, model, batch):
         labels = batch["labels"]
         if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= self.classes):
@@ -82,7 +102,7 @@ class TextClassification(Objective):
                               why=f"label {bad} is out of range [0, {self.classes}); set "
                                   f"objective.classes to the task's number of labels")
         feats, out = self.features(model, batch["input_ids"], batch.get("attention_mask"))
-        logits = unwrap(model).objective_modules["classifier"](feats).float()   # (B, K)
+        logits = self.logits(model, feats)                                        # (B, K)
         ce = F.cross_entropy(logits, labels, reduction="none")
         n = torch.tensor(labels.numel(), device=logits.device)
         aux = aux_of(out) if out is not None else torch.zeros((), device=logits.device)
