@@ -62,3 +62,19 @@ def test_worker_falls_back_to_tiny_options_and_reports_why():
     assert "mixer.heads" in r["options_fallback"] and r["forward"]["min_s"] > 0
     assert r["forward"]["peak_bytes"] >= 0
     assert "error" in measure(dict(spec, fallback_options=None))
+
+
+def test_linear_time_goals_follow_the_declared_complexity():
+    from tevo.bench.complexity import linear_time_goals
+    fit = lambda e: {"exponent": e}                                  # noqa: E731
+    assert linear_time_goals({"mixer": "softmax", "fits": {}}) is None      # O(n² d): none
+    if "linear" in MIXERS:
+        g = linear_time_goals({"mixer": "linear", "fits": {"train": fit(1.3)}})
+        assert g["train_goal"] == 1.1 and g["train_met"] is False and "decode_goal" not in g
+    if "s5" in MIXERS:                                    # a scan, a fixed-size state
+        g = linear_time_goals({"mixer": "s5", "fits": {"train": fit(1.15), "decode": fit(0.02),
+                                                       "decode_state": fit(0.0)}})
+        assert g["train_goal"] == 1.2 and g["train_met"] and g["decode_met"]
+        g = linear_time_goals({"mixer": "s5", "fits": {"decode": fit(0.3),
+                                                       "decode_state": fit(0.0)}})
+        assert g["decode_met"] is False and g["train_met"] is None

@@ -386,6 +386,8 @@ def _speed_fits(res: dict, lengths) -> None:
             "decode_state": "decode_state_bytes"}
     for r in res.values():
         r["fits"] = {k: fit_power_law(*series(r, key, lengths)) for k, key in keys.items()}
+        r["fits"]["train_all"] = fit_power_law(*series(r, "train_s", lengths), upper_half=False)
+        r["goals"] = linear_time_goals(r)
     for name, r in res.items():
         r["crossover_vs_softmax"] = {}
         ref_name = "softmax" if r["form"] == "causal" or BIDIR_REF not in res else BIDIR_REF
@@ -405,6 +407,67 @@ def _speed_fits(res: dict, lengths) -> None:
             r["crossover_vs_softmax"][mode] = crossover(
                 common, [a[n] for n in common], [b[n] for n in common],
                 r["fits"].get(mode), ref["fits"].get(mode))
+
+
+TRAIN_GOAL_LINEAR = 1.1        # forward + backward exponent of a mixer that declares O(n) time
+TRAIN_GOAL_LOG = 1.2           # ... O(n log n): FFT convolutions and scans
+DECODE_GOAL = 0.1              # decode time per token and state size of a recurrent mixer
+
+
+def linear_time_goals(r: dict) -> dict | None:
+    """The linear-time goals a measured mixer is held to, from its declared time complexity:
+    a declared power of n of at most 1 asks for a forward + backward exponent ≤ 1.1 (≤ 1.2 when
+    the declaration has a log n factor or a scan); a mixer with an incremental form and a
+    declared fixed-size decode state (no n in the clauses that name decoding or the state) asks
+    for decode time and state exponents ≤ 0.1. None for a mixer that declares super-linear time."""
+    e = MIXERS.get(r["mixer"])
+    time_decl, mem_decl = e.complexity
+    p = parse_n_exponent(time_decl)
+    if p is None or p > 1.0:
+        return None
+    train_goal = TRAIN_GOAL_LOG if ("log" in time_decl or "scan" in time_decl) \
+        else TRAIN_GOAL_LINEAR
+    fits = r.get("fits", {})
+    got = (fits.get("train") or {}).get("exponent")
+    out = {"train_goal": train_goal, "train": got,
+           "train_met": None if got is None else got <= train_goal}
+    clauses = [c for c in re.split(r"[;,]", f"{time_decl};{mem_decl}")
+               if re.search(r"decod|state", c)]
+    fixed_state = bool(e.supports is not None and e.supports.cache and clauses and all(
+        parse_n_exponent(c) in (None, 0.0) for c in clauses))
+    if fixed_state:
+        dt = (fits.get("decode") or {}).get("exponent")
+        ds = (fits.get("decode_state") or {}).get("exponent")
+        out.update({"decode_goal": DECODE_GOAL, "decode": dt, "decode_state": ds,
+                    "decode_met": None if dt is None or ds is None
+                    else max(dt, ds) <= DECODE_GOAL})
+    return out
+
+
+def _goal_rows(res: dict, names) -> list:
+    rows = []
+    for name in names:
+        g = res[name].get("goals")
+        if not g:
+            continue
+
+        def verdict(met, excess):
+            if met is None:
+                return "not measured"
+            return "yes" if met else f"no (+{excess:.2f})"
+        tr = verdict(g["train_met"], (g["train"] or 0) - g["train_goal"])
+        row = [name, MIXERS.get(res[name]["mixer"]).complexity[0] or "—",
+               f"≤ {g['train_goal']}", _exp(res[name]["fits"].get("train")),
+               _exp(res[name]["fits"].get("train_all")), tr]
+        if "decode_goal" in g:
+            worst = max(x for x in (g["decode"], g["decode_state"], -1.0) if x is not None)
+            row += [_exp(res[name]["fits"].get("decode")),
+                    _exp(res[name]["fits"].get("decode_state")),
+                    verdict(g["decode_met"], worst - g["decode_goal"])]
+        else:
+            row += ["—", "—", "no fixed-size decode state declared"]
+        rows.append(row)
+    return rows
 
 
 def _exp(fit) -> str:
@@ -447,6 +510,18 @@ def _speed_tables(rep, res, names, lengths, dtype, several: bool) -> None:
                    "for decode means constant cost per token (a recurrent state). Causal "
                    "mixers are compared with causal softmax, bidirectional-only ones with "
                    f"{BIDIR_REF!r}.")
+    goal_rows = _goal_rows(res, names)
+    if goal_rows:
+        rep.table(["mixer", "declared time", "fwd+bwd goal", "exp. fwd+bwd (upper half)",
+                   "exp. fwd+bwd (all lengths)", "met", "exp. decode/token",
+                   "exp. decode state", "decode flat (≤ 0.1)"], goal_rows,
+                  heading=f"Linear-time goals{sfx}",
+                  note=f"Mixers that declare at most linear time: forward + backward exponent "
+                       f"≤ {TRAIN_GOAL_LINEAR} (≤ {TRAIN_GOAL_LOG} with a log n factor: FFT "
+                       f"convolutions, scans), judged on the upper-half fit; mixers that "
+                       f"declare a fixed-size decode state: decode time per token and state "
+                       f"size exponents ≤ {DECODE_GOAL}. \"no (+x)\" gives by how much the "
+                       f"exponent misses its goal.")
     for mode in MODES:
         key = f"{mode}_s"
         rows = [[name] + [_cell(res[name]["points"].get(str(n), {}), key, fmt_seconds)
