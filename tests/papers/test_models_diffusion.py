@@ -224,6 +224,13 @@ def test_short_training_lowers_the_loss(tmp_path, capsys):
     assert capsys.readouterr().out.strip() == str(png)
     w, h, depth, colour = struct.unpack(">IIBB", png.read_bytes()[16:26])
     assert (w, h, depth, colour) == (3 * 9 + 1, 2 * 9 + 1, 8, 0)     # 3×2 tiles of 8×8 + gaps
+    # --clip 0 is the paper's unclipped Algorithm 2; a negative clip is a one-line error
+    assert main(["generate", str(run), "--samples", "2", "--clip", "0",
+                 "--out", str(tmp_path / "raw.png")]) == 0
+    capsys.readouterr()
+    assert main(["generate", str(run), "--samples", "2", "--clip", "-1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--clip" in err and "\n" not in err
 
 
 def test_png_grid_holds_the_pixels(tmp_path):

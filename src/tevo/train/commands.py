@@ -210,8 +210,9 @@ def _generate(args) -> int:
 
 
 def _diffusion_samples(run, args) -> str:
-    """``--samples`` images by ancestral sampling (DDPM, Algorithm 2) written as one PNG grid
-    (default RUN/samples.png); returns its path."""
+    """``--samples`` images by ancestral sampling (DDPM, Algorithm 2; x̂_0 clipped to
+    [−--clip, --clip] unless it is 0) written as one PNG grid (default RUN/samples.png);
+    returns its path."""
     import torch
 
     from ..errors import ConfigError
@@ -219,8 +220,11 @@ def _diffusion_samples(run, args) -> str:
     n = args.samples
     if not isinstance(n, int) or n < 1:
         raise ConfigError("--samples", n, why="expected a positive integer")
+    clip = getattr(args, "clip", 1.0)
+    if clip is None or clip < 0:
+        raise ConfigError("--clip", clip, why="expected 0 (no clipping) or a positive number")
     gen = torch.Generator(device=run.device).manual_seed(args.seed)
-    images = run.model.sample(n, generator=gen)
+    images = run.model.sample(n, generator=gen, clip=clip or None)
     return str(image_grid_png(images, args.out or run.run_dir / "samples.png"))
 
 
@@ -421,5 +425,8 @@ def add_commands(sub) -> None:
                    help="a diffusion run (objective ddpm): images to sample into the PNG grid")
     p.add_argument("--out", default=None, help="a diffusion run: the PNG path (default "
                                                "RUN/samples.png)")
+    p.add_argument("--clip", type=float, default=1.0,
+                   help="a diffusion run: clip x̂_0 to [−CLIP, CLIP] at each step (the DDPM "
+                        "authors' code; 0: the paper's Algorithm 2 unclipped)")
     p.add_argument("--device", default="cpu")
     p.set_defaults(fn=_generate)
