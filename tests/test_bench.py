@@ -298,11 +298,20 @@ def test_extrapolation_lists_every_causal_position_and_skips_others(tmp_path):
     assert all(set(POSITIONS.get(n).obj.hooks) <= accepted for n in ok) and "none" in ok
     (rep,) = tevo.bench.run("extrapolate", positions=["none", "learned", "sinusoidal"],
                             train_length=8, factors=[1, 2], budget_tokens=64, d_model=16,
-                            n_layers=1, heads=2, batch=2, eval_tokens=64, out=str(tmp_path))
+                            n_layers=1, heads=2, batch=2, eval_tokens=64, seeds=2, jobs=1,
+                            out=str(tmp_path), runs=str(tmp_path / "runs"))
     res = rep.data["results"]
     assert set(res) == {"none", "learned", "sinusoidal"}
     for r in res.values():
+        # Trainer runs, two seeds each, evaluated by the registered length_extrapolation
         assert set(r["bpc"]) == {"8", "16"} and all(math.isfinite(v) for v in r["bpc"].values())
+        assert len(r["seeds"]) == 2 and r["command"].startswith("tevo train default")
+    from tevo.inference.length_extrapolation import length_extrapolation
+    run_dir = tmp_path / "runs" / "extrapolate" / "runs"
+    one = next(d for d in run_dir.iterdir() if "learned" in d.name and d.name.endswith("-s0"))
+    direct = length_extrapolation(one, factors=[1, 2], max_batches=4)   # eval_tokens / (B·L)
+    assert [row["bits_per_char"] for row in direct["rows"]] == pytest.approx(
+        [res["learned"]["seeds"][0][k] for k in ("1", "2")])
 
 
 def test_reference_ratios_alternate_and_tevo_configs_match_peers():
@@ -341,7 +350,8 @@ def test_extrapolation_runs_rope_scalings_as_rows(tmp_path):
                                                   "factor": 4.0, "original_max_len": 8}
     (rep,) = tevo.bench.run("extrapolate", positions=["rope:dynamic", "rope:llama3", "rope:yarn"],
                             train_length=8, factors=[1, 2], budget_tokens=64, d_model=16,
-                            n_layers=1, heads=2, batch=2, eval_tokens=64, out=str(tmp_path))
+                            n_layers=1, heads=2, batch=2, eval_tokens=64, jobs=1,
+                            out=str(tmp_path), runs=str(tmp_path / "runs"))
     res = rep.data["results"]
     assert set(res) == {"rope:dynamic", "rope:llama3", "rope:yarn"}
     for name, r in res.items():

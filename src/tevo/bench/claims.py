@@ -13,10 +13,8 @@ and printed on the page. The study may be run in parts (``--claims glu,rmsnorm``
 """
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable
 
 from ..registry import BENCHMARKS
@@ -203,26 +201,15 @@ def _run_extrapolation(opts, dev, deadline):
     R = Results([run])
     R.curves = {}
     from ..train.sweep import slug
+    from .extrapolation import extrapolate_run
     label = {slug(pt): v.label for v, pt in run.resolved}
     for r in run.records:
         R.curves.setdefault(label[slug(r["point"])], {})[r["seed"]] = \
-            _extrapolate(Path(r["run_dir"]), opts)
+            extrapolate_run(r["run_dir"], EXTRAP_FACTORS, opts["eval_batches"])
     # the claim's metric: bits/char at 16 L minus bits/char at L (the degradation)
-    R.values = {lab: {s: c.get(str(max(EXTRAP_FACTORS)), float("nan")) - c.get("1", 0.0)
+    R.values = {lab: {s: c.get(fmt(max(EXTRAP_FACTORS)), float("nan")) - c.get(fmt(1), 0.0)
                       for s, c in by.items()} for lab, by in R.curves.items()}
     return R
-
-
-def _extrapolate(run_dir: Path, opts: dict) -> dict:
-    """{factor: bits/char} at factor × the training length (cached in the run folder)."""
-    cache = run_dir / "extrapolation.json"
-    if cache.exists():
-        return json.loads(cache.read_text())
-    from ..inference.length_extrapolation import length_extrapolation
-    r = length_extrapolation(run_dir, factors=EXTRAP_FACTORS, max_batches=opts["eval_batches"])
-    out = {fmt(row["factor"]): row.get("bits_per_char", float("inf")) for row in r["rows"]}
-    cache.write_text(json.dumps(out))
-    return out
 
 
 def _judge_extrapolation(R: Results):

@@ -7,15 +7,21 @@ Every model is built with ``max_len = 16·L`` (the longest evaluation), so learn
 past L but are untrained there; that is the point of the study. RoPE's context-extension
 scalings join as rows ``rope:dynamic``, ``rope:llama3`` and ``rope:yarn`` (pre-training length
 L, factor = the longest evaluation factor).
+
+Every row is a sweep of ordinary runs of the one Trainer (``tevo.train.sweep``: one run per
+position and seed, reused when the command is run again), evaluated by the registered
+``length_extrapolation`` evaluation (the numbers of ``tevo eval RUN --lengths``); each length
+is reported as mean ± sd over seeds.
 """
 from __future__ import annotations
 
+import json
 import math
-import time
+from pathlib import Path
 
 from ..registry import BENCHMARKS, MIXERS, POSITIONS
-from ._common import (Command, build_or_tiny, Deadline, Option, Study, count_params, fmt, legend, new_report,
-                      pick_device, sanitize, stderr)
+from ._common import (Command, Deadline, Option, Study, fmt, legend, mean_sd, new_report,
+                      pick_device, sanitize)
 
 
 ROPE_SCALINGS = ("dynamic", "llama3", "yarn")      # rows "rope:<scaling>"
@@ -54,87 +60,102 @@ OPTIONS = (
     Option("positions", "strs", None, "position encodings (default: every one softmax "
                                       "attention accepts, NoPE included, and rope:dynamic, "
                                       "rope:llama3, rope:yarn)"),
-    Option("train_length", "int", 256, "training length L", quick=64),
+    Option("train_length", "int", 128, "training length L", quick=64),
     Option("factors", "ints", [1, 2, 4, 8, 16], "evaluation lengths as multiples of L"),
-    Option("budget_tokens", "int", 5_000_000, "training tokens per run", quick=160_000),
-    Option("d_model", "int", 256, "width", quick=64),
+    Option("budget_tokens", "int", 2_560_000, "training tokens per run", quick=160_000),
+    Option("d_model", "int", 128, "width", quick=64),
     Option("n_layers", "int", 4, "layers", quick=2),
     Option("heads", "int", 4, "attention heads"),
-    Option("batch", "int", 32, "sequences per training step", quick=16),
-    Option("lr", "float", 1e-3, "peak learning rate", quick=3e-3),
+    Option("batch", "int", 16, "sequences per training step"),
+    Option("lr", "float", 3e-3, "peak learning rate"),
+    Option("seeds", "int", 3, "seeds per position", quick=1),
     Option("eval_tokens", "int", 65536, "validation tokens per evaluation length",
            quick=8192),
+    Option("jobs", "int", 0, "runs at once, one process and one thread each (0: one per core)",
+           quick=1),
+    Option("engine", "str", "local", "local processes or ray", choices=("local", "ray")),
+    Option("runs", "str", "runs/bench", "folder of the run folders (reused when the command "
+                                        "is run again)"),
 )
 
 _INTRO = """Train at L = {L}, evaluate at {lens}: a causal decoder (softmax attention, d = {d},
-{layers} layers, {h} heads, byte vocabulary) per position encoding, trained on {tok:,} tokens of
-the embedded Shakespeare corpus and evaluated on non-overlapping windows of each length from
-the held-out works (bits per character over every position of a window). Models are built with
-`max_len` = {maxlen}, so learned tables exist beyond L but are untrained there."""
+{layers} layers, {h} heads, byte vocabulary) per position encoding, trained by the Trainer on
+{tok:,} tokens of the embedded Shakespeare corpus ({seeds} seed(s)) and evaluated on
+non-overlapping windows of each length from the held-out works (bits per character over every
+position of a window). Models are built with `max_len` = {maxlen}, so learned tables exist
+beyond L but are untrained there."""
+
+
+def extrapolate_run(run_dir, factors, max_batches: int | None) -> dict:
+    """{factor: bits/char} of a finished run at factor × its training length, by the registered
+    ``length_extrapolation`` evaluation; cached in the run folder (``extrapolation.json``, keyed
+    by the factors and batches asked). A length the model cannot run is ``inf``."""
+    from ..inference.length_extrapolation import length_extrapolation
+    cache = Path(run_dir) / "extrapolation.json"
+    key = json.dumps([list(factors), max_batches])
+    if cache.exists():
+        got = json.loads(cache.read_text())
+        if got.get("key") == key:
+            return got["bpc"]
+    r = length_extrapolation(run_dir, factors=list(factors), max_batches=max_batches)
+    bpc = {fmt(row["factor"]): row.get("bits_per_char", math.inf) for row in r["rows"]}
+    cache.write_text(json.dumps({"key": key, "bpc": bpc}))
+    return bpc
 
 
 def run_extrapolate(opts: dict) -> list:
-    import torch
-
-    from . import _train
+    from ..train.sweep import slug
+    from .modifications import Variant, suite_sweep
     dev = pick_device(opts["device"])
     L, factors = opts["train_length"], sorted(opts["factors"])
     lens = [L * f for f in factors]
     rep = new_report("extrapolate", "extrapolation", "Length extrapolation", opts,
                      intro=_INTRO.format(L=L, lens=", ".join(map(str, lens)), d=opts["d_model"],
                                          layers=opts["n_layers"], h=opts["heads"],
-                                         tok=opts["budget_tokens"], maxlen=max(lens)))
-    rep.notes.append("Trained with tevo.bench's own minimal loop (bench/_train.py), not the full "
-                     "Trainer.")
+                                         tok=opts["budget_tokens"], maxlen=max(lens),
+                                         seeds=opts["seeds"]))
+    if opts["quick"]:
+        rep.notes.insert(0, "Smoke test, not a result: the --quick budget trains for seconds.")
     names, left = causal_positions(opts["positions"])
     for n, why in left:
         rep.skip(n, why)
     names = (["none"] if "none" in names else []) + [n for n in names if n != "none"]
     if opts["positions"] is None and "rope" in names:
         names += [f"rope:{s}" for s in ROPE_SCALINGS]
-    data = _train.corpus_bytes("shakespeare")
+    variants = [Variant(n, {"position": position_spec(n, L, max(factors))},
+                        [("position", n.split(":")[0])], baseline=n == "learned")
+                for n in names]
+    qopts = {**opts, "seq_len": L, "eval_windows": opts["batch"], "precision": "fp32"}
     deadline = Deadline(opts["max_minutes"])
-    rows = {}
-    for name in names:
-        if deadline.expired():
-            rep.skip(name, deadline.reason())
-            continue
-        cfg = {"arch": "gpt", "vocab_size": 256, "d_model": opts["d_model"],
-               "n_layers": opts["n_layers"], "max_len": max(lens),
-               "mixer": {"name": "softmax", "heads": opts["heads"]},
-               "position": position_spec(name, L, max(factors)), "dropout": 0.0}
-        torch.manual_seed(opts["seed"])
+    run = suite_sweep("positions", qopts, None, dev,
+                      deadline.end if math.isfinite(deadline.end) else None,
+                      extra=(f"model.max_len={max(lens)}",), name="extrapolate",
+                      variants=variants)
+    for n, why in run.left:
+        rep.skip(n, why)
+    label = {slug(pt): v.label for v, pt in run.resolved}
+    per_len = max(1, -(-opts["eval_tokens"] // (opts["batch"] * L)))   # batches of B·L tokens
+    rows: dict = {}
+    for r in run.records:
+        name = label[slug(r["point"])]
+        row = rows.setdefault(name, {"position": r["point"]["model.position"],
+                                     "params": r["summary"].get("params"), "seeds": {},
+                                     "command": r["command"]})
         try:
-            model, cfg = build_or_tiny(cfg, (("position", "position"),))
-        except Exception as e:
-            rep.skip(name, f"refused by the config: {type(e).__name__}: {e}"[:300])
-            continue
-        stderr(f"[extrapolate] {name}")
-        steps = max(1, opts["budget_tokens"] // (opts["batch"] * L))
-        try:
-            tr = _train.train(model, _train.LMBatches(data["train"], L, opts["batch"],
-                                                      seed=opts["seed"]),
-                              steps, opts["lr"], device=dev, deadline=deadline.end)
-        except Exception as e:
-            rep.error(name, e)
-            continue
-        if _train.stopped(tr):
-            rep.skip(name, "study time limit reached during its training (--max-minutes)")
-            continue
-        r = {"position": cfg["position"], "params": count_params(model), "train": tr,
-             "bpc": {}, "errors": {}}
-        for n in lens:
-            windows = max(1, opts["eval_tokens"] // n)
-            per_batch = max(1, (opts["batch"] * L) // n)
-            t0 = time.perf_counter()
-            try:
-                ev = _train.eval_batches(data["val"], n, windows, per_batch)
-                r["bpc"][str(n)] = _train.bits(_train.evaluate_loss(model, ev, device=dev))
-            except Exception as e:
-                r["errors"][str(n)] = f"{type(e).__name__}: {e}"
-                rep.error(f"{name} at n={n}", e)
-            r.setdefault("eval_s", {})[str(n)] = time.perf_counter() - t0
-        rows[name] = r
+            row["seeds"][r["seed"]] = extrapolate_run(r["run_dir"], factors, per_len)
+        except Exception as e:                       # noqa: BLE001 - reported per row
+            rep.error(f"{name} (seed {r['seed']})", e)
+    for name, row in rows.items():
+        row["bpc"], row["sd"] = {}, {}
+        for n, f in zip(lens, factors):
+            xs = [b[fmt(f)] for b in row["seeds"].values() if fmt(f) in b]
+            if xs:
+                row["bpc"][str(n)], row["sd"][str(n)] = mean_sd(xs)
+    done = {name for name in rows}
+    for v, _ in run.resolved:
+        if v.label not in done:
+            rep.skip(v.label, "study time limit reached (--max-minutes); run the same command "
+                              "again to continue")
     rep.data = sanitize({"train_length": L, "lengths": lens, "results": rows})
     _tables(rep, rows, lens, L)
     return [rep]
@@ -150,15 +171,19 @@ def _tables(rep, rows: dict, lens: list[int], L: int) -> None:
         r = rows[name]
         cells = []
         for n in lens:
-            v = r["bpc"].get(str(n))
-            cells.append("error" if str(n) in r["errors"] else fmt(v, 4))
+            v, sd = r["bpc"].get(str(n)), r["sd"].get(str(n), math.nan)
+            cells.append("—" if v is None else fmt(v, 4) + ("" if math.isnan(sd) or
+                                                              not math.isfinite(v)
+                                                              else f" ± {sd:.3f}"))
         b0, b1 = r["bpc"].get(str(lens[0])), r["bpc"].get(str(lens[-1]))
         ratio = fmt(b1 / b0, 3) if b0 and b1 else "—"
-        table.append([name, fmt(r["params"])] + cells + [ratio, r["train"]["status"]])
+        table.append([name, fmt(r["params"])] + cells + [ratio, len(r["seeds"])])
     rep.table(["position", "params"] + [f"{n // L}L = {n}" for n in lens]
-              + [f"bpc {lens[-1] // L}L / 1L", "training"], table,
+              + [f"bpc {lens[-1] // L}L / 1L", "seeds"], table,
               heading="Validation bits per character against evaluation length",
-              note="Sorted by bits per character at the longest length.")
+              note="Mean ± sd over seeds; sorted by bits per character at the longest length "
+                   "(inf: the model cannot encode that length). Each row's `tevo train` command "
+                   "is in the JSON.")
     series = {name: ([n for n in lens if rows[name]["bpc"].get(str(n)) is not None],
                      [rows[name]["bpc"][str(n)] for n in lens
                       if rows[name]["bpc"].get(str(n)) is not None]) for name in order}
