@@ -34,6 +34,7 @@ OPTIONS = (
     Option("seeds", "ints", [0, 1, 2], "seeds per method", quick=[0]),
     Option("eval_batches", "int", 50, "validation batches of the final evaluation (>= 1)",
            quick=4),
+    Option("work_dir", "str", None, "folder for the Trainer runs (default: a temporary one)"),
 )
 PEFT_OPTIONS = {"lora": {"rank": 8}, "pafi": {"sparsity": 0.005}, "hiwi": {"rank": 8},
                 "meft": {"rank": 8, "lam": 0.1}}
@@ -108,7 +109,8 @@ def run_peft(opts: dict) -> list:
     from ..train.trainer import Trainer
     check_options(opts)
     deadline = Deadline(opts["max_minutes"])
-    out = Path(opts["out"]) / "peft_runs"
+    import tempfile
+    out = Path(opts["work_dir"] or tempfile.mkdtemp(prefix="tevo-peft-"))
     base_dir = out / "base"
     common = _common(opts)
     cfg = load_config("default", [*common, f"model.d_model={opts['d_model']}",
