@@ -1,8 +1,11 @@
 """The complexity study: measured time and memory against sequence length (``tevo bench speed``)
 and analytic FLOP and parameter counts (``tevo bench flops``), for every registered mixer.
 
-speed: each mixer is built from its registry ``tiny`` options at a fixed width and measured
-alone (one layer, batch B) for forward, forward + backward and decode per token, at each length;
+speed: each mixer is built with the options a user gets (its defaults, or its documented entry
+in ``BENCH_PRESETS``; ``--presets tiny`` for the registry's conformance-suite options) at a fixed
+width and measured alone (one layer, batch B) for forward, forward + backward and decode per
+token, at each length; each mixer that declares linear time is checked against the linear-time
+goals (fwd+bwd exponent ≤ 1.1, ≤ 1.2 with a log n or a scan; fixed-size decode state ≤ 0.1);
 each point runs in a fresh process on CPU (its peak resident memory is that point's) or
 in-process on GPU (the allocator's peak). Exponents are least-squares fits on log–log axes over
 the upper half of the lengths; the crossover is the length from which a mixer stays faster than

@@ -18,7 +18,8 @@ S4D keeps N/2 states of each conjugate pair: multiply C by 2 to get the pair's r
 Shapes: Λ, B̄, C are (..., H, N) (H channels/heads, N states per channel) and broadcast against
 each other; the scan form takes inputs u (B, n, H) — or a precomputed drive b (B, n, H, N) for
 multi-input (MIMO, S5) systems — and runs ``tevo.nn.scan.parallel_scan`` along n. Kernel:
-O(H N L) time and memory; scan: O(B n H N log n) work, O(B n H N) memory; step: O(B H N).
+O(H N L) time, O(H N √L) memory (blocked); scan: O(B n H N) work, O(B n H N) memory; step:
+O(B H N).
 """
 from __future__ import annotations
 
@@ -155,7 +156,7 @@ TOOLS.register(
           "al., 2022); Simplified State Space Layers (S5, Smith et al., 2023)",
     equation="ZOH Ā=exp(ΔΛ), B̄=(Ā−1)/Λ·B; bilinear Ā=(1+ΔΛ/2)/(1−ΔΛ/2), B̄=Δ/(1−ΔΛ/2)·B; "
              "K_l = Re(Σ_s C_s B̄_s Ā_s^l)",
-    complexity=("O(H N L)", "O(H N L)"),
+    complexity=("O(H N L)", "O(H N √L)"),
     test="tests/papers/test_ssm_primitives.py::test_ssm_kernel_equals_recurrence",
     tiny={},
 )(ssm_kernel)
