@@ -254,8 +254,8 @@ def run_speed(opts: dict) -> list:
 
 
 _SPEED_INTRO = """Each mixer alone (one layer, width d = {d}, batch {b}), built with {built},
-in its causal form when it has one (the table "Options measured" lists each mixer's). Times are the {stat} of the timed
-calls after a warm-up (the minimum is robust to preemption on a shared machine; the JSON has
+in its causal form when it has one (the table "Options measured" lists each mixer's). Times
+are the {stat} of the timed calls after a warm-up (the minimum is robust to preemption on a shared machine; the JSON has
 both); *decode* is the time of one token after a prefill of n tokens (mixers with an
 incremental form). Peak memory is measured, not estimated: on CPU each point runs in a fresh
 process and the peak resident memory of each mode (read with `getrusage` after resetting the

@@ -8,8 +8,8 @@ Blelloch, "Prefix Sums and Their Applications" (1990); Hillis & Steele (1986).
 The pairs (a, b) compose associatively:  (a₁, b₁) ∘ (a₂, b₂) = (a₁a₂, a₂b₁ + b₂), so every h_t
 is an inclusive prefix "sum" under ∘. The scan below combines neighbouring pairs level by level
 (ceil(log₂ n) levels, each one vectorised multiply-add over half the previous length), then
-fills in the remaining positions on the way back: O(n) work, O(log n) depth. ``linear_recurrence_loop`` is the
-plain sequential loop (n steps) it must equal.
+fills in the remaining positions on the way back: O(n) work, O(log n) depth.
+``linear_recurrence_loop`` is the plain sequential loop (n steps) it must equal.
 
 Used by the linear mixers' scan form (states at chunk boundaries), by the stable cumulative
 softmax average (AFT-simple, separable attention) and by linear RNNs.
