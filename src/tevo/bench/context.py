@@ -15,9 +15,9 @@ queries; on the others it can only guess. Its expected accuracy is therefore
 acc(k = 1)/k + (1 − 1/k)·c, with c the chance of naming the right value blind (1/(V − V/2) for
 a uniform guess). The page reports the measured share of queries whose key truncation can see,
 its accuracy on the rest, and this expectation beside the measured accuracy.
-The base is small (width 32, 2 layers, 4 heads, 2 pairs, vocabulary 16, 1000 steps) so that it
-learns MQAR at L = 64 within the budget; its weights start at std 0.15 (≈ d^-1/2) rather than GPT-2's
-0.02, with which the same model stayed on the 1/pairs plateau (accuracy 0.5) for 2000 steps
+The base is small (width 32, 2 layers, 4 heads, 2 pairs, vocabulary 16, 1000 steps) so that
+it learns MQAR at L = 64 within the budget; its weights start at std 0.15 (≈ d^-1/2) rather
+than GPT-2's 0.02, with which the same model stayed on the 1/pairs plateau (accuracy 0.5) for 2000 steps
 at L = 16 while std 0.15 solved it in 200: tiny query/key products make attention uniform
 and its gradients vanish (a bilinear saddle).
 Cost per seed: the training run (steps × batch sequences of L tokens), then for every k and
