@@ -17,9 +17,9 @@ a uniform guess). The page reports the measured share of queries whose key trunc
 its accuracy on the rest, and this expectation beside the measured accuracy.
 The base is small (width 32, 2 layers, 4 heads, 2 pairs, vocabulary 16, 1000 steps) so that
 it learns MQAR at L = 64 within the budget; its weights start at std 0.15 (≈ d^-1/2) rather
-than GPT-2's 0.02, with which the same model stayed on the 1/pairs plateau (accuracy 0.5) for 2000 steps
-at L = 16 while std 0.15 solved it in 200: tiny query/key products make attention uniform
-and its gradients vanish (a bilinear saddle).
+than GPT-2's 0.02, with which the same model stayed on the 1/pairs plateau (accuracy 0.5) for
+2000 steps at L = 16 while std 0.15 solved it in 200: tiny query/key products make attention
+uniform and its gradients vanish (a bilinear saddle).
 Cost per seed: the training run (steps × batch sequences of L tokens), then for every k and
 query one pass of k(L − 2) + 1 tokens (pcw), a batch of k + 1 rows of ≤ L − 1 tokens (nbce) and
 one of L − 1 tokens (truncation)."""
